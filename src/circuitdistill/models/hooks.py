@@ -60,14 +60,18 @@ class Intervention:
     heads: Heads = None
     positions: Positions = None
     value: torch.Tensor | None = None
+    rows: torch.Tensor | None = None  # optional bool [batch]: only these rows are touched (per-row sweeps
+    #                                   on hooks without a head dimension, e.g. one MLP ablated per row)
 
 
-def zero_ablate(hook: str, heads: Heads = None, positions: Positions = None) -> Intervention:
-    return Intervention(hook, "zero", heads, positions)
+def zero_ablate(hook: str, heads: Heads = None, positions: Positions = None,
+                rows: torch.Tensor | None = None) -> Intervention:
+    return Intervention(hook, "zero", heads, positions, rows=rows)
 
 
-def mean_ablate(hook: str, means: torch.Tensor, heads: Heads = None, positions: Positions = None) -> Intervention:
-    return Intervention(hook, "mean", heads, positions, means)
+def mean_ablate(hook: str, means: torch.Tensor, heads: Heads = None, positions: Positions = None,
+                rows: torch.Tensor | None = None) -> Intervention:
+    return Intervention(hook, "mean", heads, positions, means, rows=rows)
 
 
 def patch(hook: str, source: torch.Tensor, heads: Heads = None, positions: Positions = None) -> Intervention:
@@ -298,6 +302,11 @@ def _align_right(src: torch.Tensor, p: int) -> torch.Tensor:
 def _apply(act: torch.Tensor, ivs: list[Intervention]) -> torch.Tensor:
     for iv in ivs:
         mask = _selection_mask(act, iv.heads, iv.positions)
+        if iv.rows is not None:
+            if iv.rows.dtype != torch.bool or iv.rows.shape != (act.shape[0],):
+                raise ValueError(f"rows for {iv.hook} must be a bool tensor of shape [{act.shape[0]}], "
+                                 f"got {iv.rows.dtype} {tuple(iv.rows.shape)}")
+            mask = mask & iv.rows.to(act.device).view(-1, *([1] * (act.dim() - 1)))
         if iv.kind == "add":
             act = act + mask * iv.value.to(act)
             continue
@@ -341,7 +350,7 @@ def compute_means(hooked: HookedLM, batches: Iterable[dict], hooks: Sequence[str
             m = m.view(*m.shape, *([1] * (act.dim() - 2)))
             if per_position:
                 s = (act * m).sum(0)
-                c = m.sum(0).expand(s.shape[:1]).double()
+                c = m.sum(0).reshape(-1).double()
                 s, c = _right_add(sums.get(name), s), _right_add(counts.get(name), c)
             else:
                 s = (act * m).sum((0, 1)) + (sums[name] if name in sums else 0)
