@@ -18,7 +18,7 @@ def first_token_id(tokenizer, text: str) -> int:
 def encode_items(tokenizer, items: Sequence[TaskItem], corrupted: bool = False) -> dict[str, torch.Tensor]:
     """Tokenise prompts (or corrupted prompts) with left padding.
 
-    Returns input_ids, attention_mask [b, p]; answer_ids, corrupted_answer_ids [b] (-1 if absent);
+    Returns input_ids, attention_mask, position_ids [b, p]; answer_ids, corrupted_answer_ids [b] (-1 if absent);
     candidate_ids [b, c] padded with -1 (absent: [b, 0]).
     """
     if tokenizer.padding_side != "left":
@@ -36,11 +36,18 @@ def encode_items(tokenizer, items: Sequence[TaskItem], corrupted: bool = False) 
     for i, it in enumerate(items):
         for j, c in enumerate(it.candidates or []):
             cands[i, j] = first_token_id(tokenizer, c)
-    return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "answer_ids": answers,
+    return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask,
+            "position_ids": left_padded_position_ids(enc.attention_mask), "answer_ids": answers,
             "corrupted_answer_ids": corr, "candidate_ids": cands}
 
 
-MODEL_KEYS = ("input_ids", "attention_mask")
+def left_padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions count real tokens only, so a left-padded row sees the same positions as when unpadded
+    (matters for absolute position embeddings such as GPT-2's; RoPE models are unaffected)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
