@@ -1,0 +1,52 @@
+"""`circuitdistill experiment`: the main job."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+
+
+def experiment_cmd(
+    preset: str = typer.Option("demo", help="demo (entity tracking, <= 40 min on 2 cores) | paper | tiny"),
+    task: str = typer.Option("entity-tracking", help="entity-tracking | tom (the paper preset runs one task per call)"),
+    out: Optional[str] = typer.Option(None, help="output directory (default runs/PRESET-TASK)"),
+    teacher: Optional[str] = typer.Option(None, help="an existing teacher model (skips fine-tuning)"),
+    student: Optional[str] = typer.Option(None, help="an existing student model (skips the warm-up)"),
+    teacher_base: Optional[str] = typer.Option(None, help="model the teacher is fine-tuned from"),
+    student_base: Optional[str] = typer.Option(None, help="model the students start from"),
+    steps: Optional[int] = typer.Option(None, help="override: optimizer steps per method"),
+    seeds: Optional[str] = typer.Option(None, help="override: comma-separated seeds"),
+    methods: Optional[str] = typer.Option(None, help="override: comma-separated methods"),
+    lam: Optional[float] = typer.Option(None, help="override: lambda"),
+    lr: Optional[float] = typer.Option(None, help="override: learning rate"),
+    head_lr: Optional[float] = typer.Option(None, help="override: learning rate of head-only methods"),
+    estimator: Optional[str] = typer.Option(None, help="override: biased | debiased"),
+    n_test: Optional[int] = typer.Option(None, help="override: test items"),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+):
+    """Reproduce the paper's table: teacher, discovery, matching, every method row, evaluation, report.
+
+    Every stage is cached by content hash under OUT/stages: re-running skips finished stages and a
+    killed run continues from its last checkpoint.
+    """
+    from ..experiment.config import preset as make_preset
+    from ..experiment.runner import run_experiment
+
+    try:
+        cfg = make_preset(preset, task, out, teacher=teacher, student=student, teacher_base=teacher_base,
+                          student_base=student_base, steps=steps, lam=lam, lr=lr, head_lr=head_lr,
+                          estimator=estimator, n_test=n_test, threads=threads,
+                          seeds=[int(s) for s in seeds.split(",")] if seeds else None,
+                          methods=[m.strip() for m in methods.split(",")] if methods else None)
+    except (ValidationError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    results = run_experiment(cfg, log=typer.echo)
+    typer.echo("")
+    typer.echo((__import__("pathlib").Path(cfg.out) / "report.md").read_text())
+    typer.echo(f"report: {cfg.out}/report.md  results: {cfg.out}/results.json  ({results['wall_seconds'] / 60:.1f} min)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("experiment")(experiment_cmd)

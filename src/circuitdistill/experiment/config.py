@@ -1,0 +1,94 @@
+"""`circuitdistill experiment` configuration. The schema doubles as documentation; presets fill it in."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..distill.config import METHODS
+
+Task = Literal["entity-tracking", "tom"]
+ROWS_DEMO = ("full-kd", "circuit-ce", "circuit-random", "circuit")
+ROWS_PAPER = ("full-kd", "circuit-ce", "circuit-align", "circuit-random", "circuit")
+
+
+class ExperimentConfig(BaseModel):
+    """One end-to-end reproduction of the paper's table on one task."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    preset: Literal["demo", "paper", "tiny", "custom"] = Field("demo", description="where the defaults came from")
+    task: Task = Field("entity-tracking", description="entity-tracking | tom")
+    out: str = Field("runs/demo", description="output directory: report.md, results.json, PNGs, stages/")
+    seeds: list[int] = Field([0], min_length=1, description="training seeds; results report mean ± spread")
+    # ---- models ----
+    teacher_base: str = Field("smollm2-135m", description="model the teacher is fine-tuned from")
+    teacher: str | None = Field(None, description="an existing teacher (skips fine-tuning); default: fine-tune "
+                                "teacher_base and cache it as BASE-<task>-teacher")
+    student_base: str = Field("smollm2-135m", description="model the students start from")
+    students: list[Literal["warm", "cold"]] = Field(
+        ["warm"], min_length=1, description="warm: student_base warmed up on a related task variant to "
+        "warm_target validation accuracy (a stand-in for a partly capable pretrained student); cold: untouched")
+    student: str | None = Field(None, description="an existing student model (overrides `students`)")
+    warm_target: float = Field(0.5, gt=0, le=1, description="warm-up stops at this real-task validation accuracy")
+    warm_steps: int = Field(200, ge=1, description="warm-up step cap")
+    teacher_steps: int = Field(150, ge=1, description="teacher fine-tune step cap")
+    teacher_target: float = Field(0.97, gt=0, le=1, description="teacher fine-tune stops at this validation accuracy")
+    # ---- data ----
+    boxes: int = Field(7, ge=2, description="entity tracking: boxes per prompt (paper: 7)")
+    n_train: int = Field(2000, ge=16, description="training items (teacher fine-tune and distillation)")
+    n_validation: int = Field(300, ge=16, description="validation items: matching, stopping, curves")
+    n_test: int = Field(1000, ge=16, description="held-out test items: the table and McNemar tests")
+    data_seed: int = Field(0, description="seed of the data generator")
+    # ---- discovery and matching ----
+    discovery_method: Literal["activation", "attribution", "path"] = Field("activation")
+    discovery_items: int = Field(64, ge=4, description="items for the discovery sweep")
+    circuit_share: float = Field(0.10, gt=0, le=1, description="teacher circuit size as a share of its heads")
+    match_by: Literal["ablation", "cka"] = Field("ablation", description="ablation effects (paper) or activation CKA")
+    match_items: int = Field(64, ge=4, description="validation items for the matching sweeps")
+    head_budget: float = Field(0.15, gt=0, le=1, description="max share of student heads trained")
+    one_to_one: bool = Field(False, description="Hungarian one-to-one matching instead of many-to-one")
+    # ---- training ----
+    methods: list[str] = Field(list(ROWS_DEMO), min_length=1, description=f"rows to train: {', '.join(METHODS)}")
+    steps: int = Field(40, ge=1, description="optimizer steps per method")
+    batch_size: int = Field(16, ge=2, description="global batch size (the CKA's m)")
+    lr: float = Field(2e-5, gt=0, description="learning rate, all methods (paper: 2e-5)")
+    head_lr: float | None = Field(None, gt=0, description="learning rate for head-only methods (None: same as lr)")
+    lam: float = Field(1.0, ge=0, description="lambda of the alignment term")
+    estimator: Literal["biased", "debiased"] = Field("biased", description="CKA estimator in the loss")
+    eval_interval: int = Field(10, ge=0, description="validation accuracy every N steps (sample-efficiency curve)")
+    eval_items: int = Field(100, ge=8, description="validation items per curve point")
+    # ---- evaluation ----
+    test_batch_size: int = Field(32, ge=1)
+    n_random_sets: int = Field(3, ge=0, description="random head sets for the faithfulness control")
+    mechanism_items: int = Field(100, ge=4, description="items for interchange agreement and re-discovery")
+    compare_items: int = Field(32, ge=4, description="items for the alignment score A (issue 7 analysis)")
+    threads: int = Field(2, ge=1, description="torch CPU threads")
+
+    @model_validator(mode="after")
+    def _check(self):
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+        return self
+
+
+def preset(name: str, task: Task = "entity-tracking", out: str | None = None, **overrides) -> ExperimentConfig:
+    """demo: entity tracking, one seed, the demo rows, sized for <= 40 min on 2 CPU cores.
+    paper: both tasks (one run per task), every row of SPEC §1, 3 seeds, warm and cold students.
+    tiny: a seconds-long smoke run on tiny random models (tests)."""
+    if name == "demo":
+        base = dict(preset="demo", n_test=500)
+    elif name == "paper":
+        base = dict(preset="paper", seeds=[0, 1, 2], students=["warm", "cold"], methods=list(ROWS_PAPER),
+                    steps=60, n_test=1000, n_random_sets=5)
+    elif name == "tiny":
+        base = dict(preset="tiny", n_train=64, n_validation=32, n_test=32, boxes=3, teacher_steps=2, warm_steps=2,
+                    discovery_items=8, match_items=8, steps=3, batch_size=8, eval_interval=2, eval_items=8,
+                    mechanism_items=8, compare_items=8, n_random_sets=1, lr=1e-3, circuit_share=0.25,
+                    head_budget=0.25)
+    else:
+        raise ValueError(f"unknown preset {name!r}; choose demo, paper or tiny")
+    base.update(task=task, out=out or f"runs/{name}-{task}")
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return ExperimentConfig(**base)

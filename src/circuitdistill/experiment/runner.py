@@ -1,0 +1,394 @@
+"""`circuitdistill experiment`: the paper's table end to end, every stage cached by content hash.
+
+Stages: models -> data -> teacher -> students -> discover -> (per student variant) match -> cache
+-> train (per method x seed) -> evaluate -> mechanism -> side effects -> alignment -> report.
+Everything a stage makes lives in its own directory under ``OUT/stages/``; a model a stage trains is
+saved there too (never under a shared cache name), so experiments cannot clobber each other.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..models.hooks import HookedLM
+from ..models.registry import BUILTINS, load_model, prepare, resolve
+from ..tasks.io import load_items, save_items
+from ..tasks.schema import TaskItem
+from ..utils import provenance, write_json_atomic
+from .config import ExperimentConfig
+from .stages import StageRunner
+
+SHORT = {"entity-tracking": "et", "tom": "tom"}
+
+
+def _tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    from ..models.registry import prepare_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    prepare_tokenizer(tok)
+    return tok
+
+
+def _load(path: str):
+    model, tok = load_model(path)
+    return model, tok
+
+
+# ---------------------------------------------------------------------------------------- stages
+def stage_models(cfg: ExperimentConfig) -> dict:
+    out = {}
+    for role, ref in (("teacher_base", cfg.teacher_base), ("student_base", cfg.student_base),
+                      ("teacher", cfg.teacher), ("student", cfg.student)):
+        if ref is None:
+            continue
+        if ref in BUILTINS:
+            prepare(ref)
+        out[role] = resolve(ref)
+    return out
+
+
+def stage_data(cfg: ExperimentConfig, models: dict, d: Path) -> dict:
+    toks = [_tokenizer(models["teacher"] if "teacher" in models else models["teacher_base"]),
+            _tokenizer(models["student"] if "student" in models else models["student_base"])]
+    if cfg.task == "entity-tracking":
+        from ..tasks import entity_tracking as et
+
+        splits = et.make_splits(cfg.n_train, cfg.n_validation, cfg.n_test, cfg.boxes, cfg.data_seed, toks,
+                                corruption="all", disjoint_objects=True)
+    else:
+        from ..tasks import tom
+
+        splits = tom.make_splits(cfg.n_train, cfg.n_validation, cfg.n_test, cfg.data_seed, toks, disjoint_states=True)
+    paths = {}
+    for split, items in splits.items():
+        paths[split] = str(save_items(d / f"{split}.jsonl", items))
+    return paths
+
+
+def _finetune(base: str, items_train, items_val, d: Path, mode: str, task: str, steps: int, target: float,
+              lr: float, seed: int, threads: int, batch_size: int = 16, eval_items: int = 100) -> dict:
+    from ..tasks.finetune import FinetuneConfig, finetune
+
+    cfg = FinetuneConfig(base=base, name=f"exp-{mode}", task=task, mode=mode, lr=lr, batch_size=batch_size,
+                         max_steps=steps, eval_every=10 if mode == "teacher" else 5, eval_items=eval_items,
+                         target=target, seed=seed, threads=threads)
+    model, tok = load_model(base)
+    rec = finetune(cfg, items_train, items_val, d / "run", resume=True, model=model, tokenizer=tok, save=False,
+                   progress=True)
+    model.save_pretrained(d / "model", safe_serialization=True)
+    tok.save_pretrained(d / "model")
+    return {"model": str(d / "model"), "record": {k: rec.get(k) for k in
+                                                   ("steps", "stop_reason", "final_val_accuracy", "train_seconds")}}
+
+
+def stage_teacher(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> dict:
+    if "teacher" in models:
+        return {"model": models["teacher"], "record": {"given": True}}
+    return _finetune(models["teacher_base"], load_items(data["train"]), load_items(data["validation"]), d,
+                     "teacher", cfg.task, cfg.teacher_steps, cfg.teacher_target, 3e-5, cfg.data_seed, cfg.threads)
+
+
+def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> dict:
+    from ..cli.train_task import _vocab_of, warmup_items
+
+    tok = _tokenizer(models["student_base"])
+    val, test = load_items(data["validation"]), load_items(data["test"])
+    avoid = _vocab_of(val) | _vocab_of(test)
+    template = "crate" if cfg.task == "entity-tracking" else "alt"
+    boxes = [b for b in (2, 3, 4) if b < cfg.boxes] or [2]
+    items, variant = warmup_items(cfg.task, tok, cfg.data_seed, max(cfg.n_train, 64), avoid, boxes, template)
+    save_items(d / "warmup.jsonl", items)
+    res = _finetune(models["student_base"], items, val, d, "warmup", cfg.task, cfg.warm_steps, cfg.warm_target,
+                    1e-5 if cfg.preset != "tiny" else 1e-3, cfg.data_seed, cfg.threads)
+    res["variant"] = variant
+    return res
+
+
+def stage_discover(cfg: ExperimentConfig, teacher_path: str, data: dict, d: Path) -> dict:
+    from ..circuits.ablation import baseline, head_sweep
+    from ..circuits.circuit import Circuit
+    from .report import plot_head_grid
+
+    model, tok = _load(teacher_path)
+    hooked = HookedLM(model, tok)
+    items = load_items(data["validation"])[: cfg.discovery_items]
+    clean = baseline(hooked, items, metric="logprob")
+    patched = head_sweep(hooked, items, metric="logprob", mode="corrupted", positions="final", progress=True)
+    scores = (patched - clean) / max(abs(clean), 1e-6)  # relative change of the answer's log-prob (SPEC §1)
+    top_n = max(1, round(cfg.circuit_share * hooked.shape.n_total_heads))
+    circuit = Circuit.from_scores(-scores, top_n=top_n, method="activation", metric="logprob", ablation="corrupted",
+                                  positions="final", model={"name": teacher_path}, seed=cfg.data_seed,
+                                  n_items=len(items), baseline={"clean_logprob": clean})
+    circuit.save(d / "circuit.json")
+    plot_head_grid(-scores, circuit.as_set(), d / "circuit.png",
+                   "teacher: -relative change of answer log-prob when patched (circuit boxed)")
+    return {"circuit": str(d / "circuit.json"), "heatmap": str(d / "circuit.png"), "n_heads": circuit.n_heads,
+            "share": circuit.share}
+
+
+def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str, data: dict, d: Path) -> dict:
+    from ..distill.config import MatchConfig
+    from ..distill.matching import match
+
+    n_student_heads = HookedLM(_load(student)[0]).shape.n_total_heads
+    mcfg = MatchConfig(teacher=teacher, student=student, circuit=circuit, data=data["validation"], out=str(d),
+                       by=cfg.match_by, max_items=cfg.match_items, budget=cfg.head_budget,
+                       one_to_one=cfg.one_to_one, seed=cfg.data_seed)
+    pairing = match(mcfg)
+    return {"pairing": str(d / "pairing.json"), "n_pairs": len(pairing.pairs),
+            "student_heads": [list(h) for h in pairing.student_heads],
+            "teacher_heads": [list(h) for h in pairing.teacher_heads], "n_student_heads": n_student_heads}
+
+
+def stage_cache(cfg: ExperimentConfig, teacher: str, data: dict, d: Path) -> dict:
+    from ..distill.config import CacheConfig
+    from ..distill.teacher_cache import build_cache
+
+    train = build_cache(CacheConfig(teacher=teacher, data=data["train"], out=str(d / "train"), heads="all",
+                                    num_threads=cfg.threads))
+    return {"train": str(train)}
+
+
+def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, teacher: str, cache: dict,
+                pairing: str, data: dict, d: Path) -> dict:
+    from ..distill.config import DistillConfig, HEAD_ONLY
+    from ..distill.trainer import train
+
+    lr = cfg.head_lr if (cfg.head_lr and method in HEAD_ONLY) else cfg.lr
+    dcfg = DistillConfig(method=method, student=student, teacher_cache=cache["train"], data=data["train"],
+                         pairing=pairing if method in HEAD_ONLY else None, out=str(d), lam=cfg.lam, lr=lr,
+                         steps=cfg.steps, batch_size=cfg.batch_size, seed=seed, estimator=cfg.estimator,
+                         eval_data=data["validation"], eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items,
+                         num_threads=cfg.threads)
+    summary = train(dcfg, resume=True, progress=True)
+    model, tok = _load(student)
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(d / "weights.safetensors")), strict=False)
+    model.save_pretrained(d / "model", safe_serialization=True)
+    tok.save_pretrained(d / "model")
+    return {"model": str(d / "model"), "log": str(d / "log.jsonl"), "trainable": summary["trainable"],
+            "mean_step_time_s": summary["mean_step_time_s"]}
+
+
+def _circuit_eval(model, tok, items, heads, reference, batch_size) -> tuple[list[float], list[float]]:
+    from ..circuits.ablation import mean_head_outputs
+    from ..circuits.faithfulness import circuit_only_interventions
+    from ..tasks.scoring import evaluate
+
+    hooked = HookedLM(model, tok)
+    full = evaluate(model, tok, items, batch_size=batch_size)
+    means = mean_head_outputs(hooked, reference, batch_size=batch_size)
+    ivs = circuit_only_interventions(hooked, [tuple(h) for h in heads], means)
+    circ = evaluate(model, tok, items, batch_size=batch_size, interventions=ivs, hooked=hooked)
+    return full.per_item["accuracy"].tolist(), circ.per_item["accuracy"].tolist()
+
+
+def stage_evaluate(cfg: ExperimentConfig, model_path: str, heads: list, data: dict, d: Path) -> dict:
+    """Full and circuit-only accuracy on the test split, per item (for McNemar)."""
+    model, tok = _load(model_path)
+    test = load_items(data["test"])
+    reference = load_items(data["validation"])[:64]
+    full, circ = _circuit_eval(model, tok, test, heads, reference, cfg.test_batch_size)
+    write_json_atomic(d / "per_item.json", {"full": full, "circuit": circ})
+    acc_full, acc_circ = sum(full) / len(full), sum(circ) / len(circ)
+    return {"per_item": str(d / "per_item.json"), "full": acc_full, "circuit": acc_circ,
+            "faithfulness": acc_circ / acc_full if acc_full > 0 else None, "n": len(full)}
+
+
+def stage_random_control(cfg: ExperimentConfig, model_path: str, size: int, data: dict, d: Path) -> dict:
+    """Circuit-only accuracy of random head sets of the circuit's size (the faithfulness control)."""
+    from ..circuits.circuit import random_head_sets
+
+    model, tok = _load(model_path)
+    hooked = HookedLM(model, tok)
+    test = load_items(data["test"])[:200]
+    reference = load_items(data["validation"])[:64]
+    sets = random_head_sets(hooked.shape.n_layers, hooked.shape.n_heads, size, cfg.n_random_sets, seed=cfg.data_seed)
+    accs = []
+    for s in sets:
+        _, circ = _circuit_eval(model, tok, test, list(s), reference, cfg.test_batch_size)
+        accs.append(sum(circ) / len(circ))
+    return {"random_circuit_accuracies": accs, "n_items": len(test), "size": size}
+
+
+def stage_mechanism(cfg: ExperimentConfig, student_path: str, teacher_path: str, pairs: list, base_student: str,
+                    data: dict, d: Path) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
+    from ..circuits.ablation import baseline, head_ablation_sweep, head_sweep
+    from .mechanism import interchange_agreement
+
+    items = load_items(data["test"])[: cfg.mechanism_items]
+    val = load_items(data["validation"])[: cfg.match_items]
+    student, s_tok = _load(student_path)
+    teacher, t_tok = _load(teacher_path)
+    sh, th = HookedLM(student, s_tok), HookedLM(teacher, t_tok)
+    pairs_t = [(tuple(p[0]), tuple(p[1])) for p in pairs]
+    inter = interchange_agreement(sh, th, items, pairs_t, n_random=max(1, cfg.n_random_sets), seed=cfg.data_seed)
+    # ablation profiles over matched pairs: does each student head now matter as much as its partner?
+    s_heads = sorted({s for s, _ in pairs_t})
+    t_heads = sorted({t for _, t in pairs_t})
+    s_sweep = head_ablation_sweep(sh, val, metric="accuracy", mode="mean", heads=s_heads, progress=False)
+    t_sweep = head_ablation_sweep(th, val, metric="accuracy", mode="mean", heads=t_heads, progress=False)
+    s_base, t_base = baseline(sh, val, "accuracy"), baseline(th, val, "accuracy")
+    ds = [s_base - float(s_sweep[s]) for s, _ in pairs_t]
+    dt = [t_base - float(t_sweep[t]) for _, t in pairs_t]
+    prof = {"student_drops": ds, "teacher_drops": dt}
+    if len(pairs_t) >= 3 and len(set(ds)) > 1 and len(set(dt)) > 1:
+        prof["spearman"] = float(spearmanr(ds, dt).statistic)
+        prof["pearson"] = float(pearsonr(ds, dt).statistic)
+    # re-discovery on the trained student: how much of its new circuit falls on the matched heads?
+    clean = baseline(sh, val, "logprob")
+    patched = head_sweep(sh, val, metric="logprob", mode="corrupted", positions="final", progress=False)
+    rel = -(patched - clean) / max(abs(clean), 1e-6)
+    k = len(s_heads)
+    flat = sorted(((float(rel[l, h]), (l, h)) for l in range(rel.shape[0]) for h in range(rel.shape[1])
+                   if not torch.isnan(rel[l, h])), reverse=True)
+    top = {h for _, h in flat[:k]}
+    overlap = len(top & set(s_heads)) / max(k, 1)
+    chance = k / max(len(flat), 1)
+    return {"interchange": inter, "ablation_profile": prof,
+            "rediscovery": {"top_k": k, "overlap_with_matched": overlap, "chance": chance,
+                            "top_heads": sorted([list(h) for h in top])}}
+
+
+def stage_side_effects(cfg: ExperimentConfig, model_path: str, d: Path) -> dict:
+    from .side_effects import load_general_text, perplexity
+
+    header, texts = load_general_text()
+    model, tok = _load(model_path)
+    return {"perplexity": perplexity(model, tok, texts), "n_texts": len(texts), "sample": header}
+
+
+def stage_alignment(cfg: ExperimentConfig, teacher_path: str, student_path: str, data: dict, d: Path) -> dict:
+    from ..analysis.compare import CompareConfig, run_compare
+
+    ccfg = CompareConfig(teacher=teacher_path, student=student_path, data=data["validation"], out=str(d),
+                         max_items=cfg.compare_items, seed=cfg.data_seed)
+    res = run_compare(ccfg)
+    return {"alignment_score": res["alignment_score"], "compare": str(d / "compare.json")}
+
+
+# ------------------------------------------------------------------------------------ orchestration
+def _optional(log, what: str, fn):
+    """Analyses that add a column must never sink the table: report their failure instead."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - the report states exactly what failed and why
+        log(f"[{what}] FAILED: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
+    from .report import write_report
+    from .stats import mcnemar
+
+    t_start = time.time()
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", provenance(cfg.data_seed, cfg))
+    R = StageRunner(out, log=log)
+    c = cfg.model_dump(mode="json")
+    pick = lambda *keys: {k: c[k] for k in keys}  # noqa: E731 - the config fields a stage's key depends on
+
+    models = R.run("models", pick("teacher_base", "student_base", "teacher", "student"),
+                   lambda d: stage_models(cfg)).outputs
+    data = R.run("data", pick("task", "boxes", "n_train", "n_validation", "n_test", "data_seed"),
+                 lambda d: stage_data(cfg, models, d), deps=("models",)).outputs
+    teacher = R.run("teacher", pick("teacher_steps", "teacher_target", "threads"),
+                    lambda d: stage_teacher(cfg, models, data, d), deps=("data",)).outputs["model"]
+    disc = R.run("discover", pick("discovery_method", "discovery_items", "circuit_share"),
+                 lambda d: stage_discover(cfg, teacher, data, d), deps=("teacher",)).outputs
+    from ..circuits.circuit import Circuit
+
+    circuit = Circuit.load(disc["circuit"])
+    results: dict = {"config": c, "teacher": {"model": teacher, "circuit": disc}, "variants": {}}
+    results["teacher"]["eval"] = R.run("eval-teacher", {}, lambda d: stage_evaluate(
+        cfg, teacher, [list(h) for h in circuit.as_list()], data, d), deps=("discover",)).outputs
+    if cfg.n_random_sets:
+        results["teacher"]["random_control"] = R.run("random-teacher", pick("n_random_sets"), lambda d:
+                                                     stage_random_control(cfg, teacher, circuit.n_heads, data, d),
+                                                     deps=("discover",)).outputs
+    cache = R.run("cache", {}, lambda d: stage_cache(cfg, teacher, data, d), deps=("teacher",)).outputs
+
+    variants = {"given": models["student"]} if "student" in models else {}
+    for v in ([] if variants else cfg.students):
+        if v == "cold":
+            variants["cold"] = models["student_base"]
+        else:
+            variants["warm"] = R.run("student-warm", pick("warm_target", "warm_steps", "threads", "preset"),
+                                     lambda d: stage_warm_student(cfg, models, data, d), deps=("data",)).outputs["model"]
+    for v, student in variants.items():
+        vres: dict = {"student": student, "rows": {}}
+        results["variants"][v] = vres
+        match = R.run(f"match-{v}", {**pick("match_by", "match_items", "head_budget", "one_to_one"), "s": student},
+                      lambda d: stage_match(cfg, teacher, student, disc["circuit"], data, d), deps=("discover",)).outputs
+        vres["pairing"] = match
+        heads = match["student_heads"]
+        base_eval = R.run(f"eval-{v}-base", {"s": student}, lambda d: stage_evaluate(cfg, student, heads, data, d),
+                          deps=(f"match-{v}",)).outputs
+        vres["rows"]["base student"] = {"seeds": {"-": base_eval}}
+        vres["side_effects"] = {"base student": _optional(log, "side-effects", lambda: R.run(
+            f"ppl-{v}-base", {"s": student}, lambda d: stage_side_effects(cfg, student, d)).outputs)}
+        vres["mechanism"], vres["alignment"] = {}, {}
+        vres["alignment"]["base student"] = _optional(log, "alignment", lambda: R.run(
+            f"align-{v}-base", pick("compare_items"), lambda d: stage_alignment(cfg, teacher, student, data, d),
+            deps=(f"match-{v}",)).outputs)
+        for method in cfg.methods:
+            row = vres["rows"].setdefault(method, {"seeds": {}})
+            for seed in cfg.seeds:
+                key = f"{v}-{method}-s{seed}"
+                tr = R.run(f"train-{key}", {**pick("steps", "batch_size", "lr", "head_lr", "lam", "estimator",
+                                                   "eval_interval", "eval_items"), "method": method, "seed": seed},
+                           lambda d: stage_train(cfg, method, seed, student, teacher, cache, match["pairing"], data, d),
+                           deps=("cache", f"match-{v}")).outputs
+                ev = R.run(f"eval-{key}", {}, lambda d: stage_evaluate(cfg, tr["model"], heads, data, d),
+                           deps=(f"train-{key}",)).outputs
+                row["seeds"][str(seed)] = {**ev, "log": tr["log"], "model": tr["model"]}
+                row["trainable"] = tr["trainable"]
+                if seed == cfg.seeds[0]:
+                    pairs = [[p0, p1] for p0, p1 in zip(heads, _pair_teachers(match["pairing"]))]
+                    vres["mechanism"][method] = _optional(log, "mechanism", lambda: R.run(
+                        f"mech-{key}", pick("mechanism_items", "n_random_sets"),
+                        lambda d: stage_mechanism(cfg, tr["model"], teacher, pairs, student, data, d),
+                        deps=(f"train-{key}",)).outputs)
+                    vres["side_effects"][method] = _optional(log, "side-effects", lambda: R.run(
+                        f"ppl-{key}", {}, lambda d: stage_side_effects(cfg, tr["model"], d),
+                        deps=(f"train-{key}",)).outputs)
+                    vres["alignment"][method] = _optional(log, "alignment", lambda: R.run(
+                        f"align-{key}", pick("compare_items"),
+                        lambda d: stage_alignment(cfg, teacher, tr["model"], data, d), deps=(f"train-{key}",)).outputs)
+        # McNemar: `circuit` against every other row, per seed, on the same test items (full accuracy)
+        vres["mcnemar"] = {}
+        if "circuit" in vres["rows"]:
+            for seed, ev in vres["rows"]["circuit"]["seeds"].items():
+                mine = json.loads(Path(ev["per_item"]).read_text())["full"]
+                for other, orow in vres["rows"].items():
+                    if other == "circuit":
+                        continue
+                    oev = orow["seeds"].get(seed) or orow["seeds"].get("-")
+                    theirs = json.loads(Path(oev["per_item"]).read_text())["full"]
+                    vres["mcnemar"].setdefault(other, {})[seed] = mcnemar(mine, theirs)
+            teacher_items = json.loads(Path(results["teacher"]["eval"]["per_item"]).read_text())["full"]
+            for seed, ev in vres["rows"]["circuit"]["seeds"].items():
+                mine = json.loads(Path(ev["per_item"]).read_text())["full"]
+                vres["mcnemar"].setdefault("teacher", {})[seed] = mcnemar(mine, teacher_items)
+    results["timings"] = R.timings()
+    results["wall_seconds"] = round(time.time() - t_start, 1)
+    results["provenance"] = provenance(cfg.data_seed, cfg)
+    write_json_atomic(out / "results.json", results)
+    write_report(results, out)
+    return results
+
+
+def _pair_teachers(pairing_path: str) -> list:
+    from ..distill.matching import load_pairing
+
+    return [list(p.teacher) for p in load_pairing(pairing_path).pairs]
