@@ -1,0 +1,1 @@
+from .distill.cka import cka

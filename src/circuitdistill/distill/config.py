@@ -1,0 +1,180 @@
+"""Pydantic configs for `match`, `cache-teacher` and `distill`. The schemas double as the documentation:
+every field has a description, and ``circuitdistill distill --help`` / docs/distill.md are generated from them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+METHODS = ("full-kd", "logit-kd", "circuit-ce", "circuit-align", "circuit-random", "circuit")
+Method = Literal["full-kd", "logit-kd", "circuit-ce", "circuit-align", "circuit-random", "circuit"]
+HEAD_ONLY = ("circuit-ce", "circuit-align", "circuit-random", "circuit")
+USES_CKA = ("circuit-align", "circuit-random", "circuit")
+USES_CE = ("full-kd", "circuit-ce", "circuit-random", "circuit")
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DistillConfig(_Base):
+    """One training run: a row of the paper's table. Reproducible from this config alone."""
+
+    method: Method = Field(
+        "circuit", description="full-kd: all parameters, CE on the teacher's labels | logit-kd: all parameters, "
+        "Hinton KL to the teacher's logits | circuit-ce: matched student heads only, CE | circuit-align: matched "
+        "heads only, alignment loss only | circuit-random: matched heads, CE + CKA to a RANDOM teacher head per "
+        "student head (control) | circuit: matched heads, CE + lambda * sum(1 - CKA) with the aligned pairing")
+    student: str = Field(..., description="student model: built-in name, derived name or local HF directory")
+    teacher: str | None = Field(None, description="live teacher model (loaded and run every step); give this "
+                                "or teacher_cache")
+    teacher_cache: str | None = Field(None, description="directory written by `circuitdistill cache-teacher`; "
+                                      "training from it never loads the teacher")
+    data: str = Field(..., description="training items (JSONL, circuitdistill.tasks format)")
+    pairing: str | None = Field(None, description="pairing.json from `circuitdistill match`; required by the "
+                                "circuit-* methods")
+    out: str = Field("runs/distill/run", description="output directory: config, log.jsonl, loss PNG, "
+                     "checkpoint, summary.json, final model")
+    lam: float = Field(1.0, ge=0.0, description="lambda, weight of the alignment term sum over pairs of "
+                       "(1 - CKA). The paper leaves it open; 1.0 puts one pair's alignment on the scale of CE")
+    lr: float = Field(2e-5, gt=0.0, description="AdamW learning rate; 2e-5 is the paper's value for every method "
+                      "(head-only methods can tolerate larger values; the paper did not tune them separately)")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay. For head-only methods it "
+                                "acts on the per-head deltas (pulls heads toward their initial weights)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="clip the global gradient norm (None: off)")
+    steps: int = Field(100, ge=1, description="optimizer steps")
+    batch_size: int = Field(16, ge=1, description="GLOBAL batch size (examples per step over all processes); must "
+                            "divide by the number of processes. The CKA's m is this number")
+    seed: int = Field(0, description="seeds data order, random pairing and everything else random")
+    position: int = Field(-1, le=-1, description="token position that feeds CKA and the loss, counted from the "
+                          "end of each left-padded row (-1: final prompt token). Negative only, so padding "
+                          "never enters")
+    estimator: Literal["biased", "debiased"] = Field(
+        "biased", description="CKA estimator in the loss: biased HSIC tr(KHLH)/(m-1)^2 as in the paper, or the "
+        "debiased U-statistic (Song et al. 2012), recommended at small batches where the biased one is inflated")
+    gqa_policy: Literal["train", "freeze", "whole-group"] = Field(
+        "train", description="grouped-query attention: train a selected head's shared k/v slice always (train), "
+        "never (freeze) or only when every query head of its group is selected (whole-group)")
+    label_source: Literal["teacher", "gold"] = Field(
+        "teacher", description="CE target: the teacher's predicted token (paper) or the dataset's gold answer")
+    kd_temperature: float = Field(2.0, gt=0.0, description="logit-kd: softmax temperature T (loss scaled by T^2)")
+    kd_ce_weight: float = Field(0.0, ge=0.0, description="logit-kd: weight of an added CE term on the teacher's "
+                                "labels (0 = pure Hinton KL)")
+    random_pool: Literal["all", "circuit"] = Field(
+        "all", description="circuit-random: draw each student head's random teacher partner from all teacher "
+        "heads or only from the teacher circuit heads (never its aligned partner when another exists)")
+    max_train_items: int | None = Field(None, ge=1, description="use only the first N training items")
+    eval_data: str | None = Field(None, description="validation items (JSONL) scored every eval_interval steps "
+                                  "and at the end; never use the test split for choices")
+    eval_teacher_cache: str | None = Field(None, description="teacher cache of eval_data (adds per-pair CKA over "
+                                           "the whole eval set, exact via CKAAccumulator)")
+    eval_interval: int = Field(0, ge=0, description="evaluate every N steps (0: only at the end)")
+    eval_max_items: int | None = Field(200, ge=1, description="score at most N eval items")
+    eval_batch_size: int = Field(32, ge=1, description="batch size for evaluation")
+    checkpoint_every: int = Field(25, ge=1, description="save an atomic checkpoint every N steps (and at the end)")
+    save_as: str | None = Field(None, description="also save the trained model under this registry name "
+                                "(load_model accepts it afterwards)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch default)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.teacher is None and self.teacher_cache is None:
+            raise ValueError("give a teacher: either `teacher` (a model, run live) or `teacher_cache` (a directory "
+                             "from `circuitdistill cache-teacher`)")
+        if self.method in HEAD_ONLY and self.pairing is None:
+            raise ValueError(f"method {self.method} trains matched heads only and needs `pairing` (pairing.json "
+                             "from `circuitdistill match`)")
+        return self
+
+
+class CacheConfig(_Base):
+    """`cache-teacher`: run the teacher once over the training data."""
+
+    teacher: str = Field(..., description="teacher model")
+    data: str = Field(..., description="items to cache (JSONL)")
+    out: str = Field(..., description="output directory (teacher.safetensors + meta.json)")
+    position: int = Field(-1, le=-1, description="token position of the stored head outputs (from the end)")
+    top_k: int = Field(64, ge=1, description="how many of the teacher's largest final-position logits to keep "
+                       "(for logit-kd from the cache)")
+    heads: Literal["all", "paired"] = Field(
+        "all", description="which teacher heads' outputs to store: all heads (needed by circuit-random with "
+        "random_pool=all) or only the teacher heads named in `pairing`")
+    pairing: str | None = Field(None, description="pairing.json (required for heads=paired)")
+    batch_size: int = Field(32, ge=1, description="teacher forward batch size")
+    max_items: int | None = Field(None, ge=1, description="cache only the first N items")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.heads == "paired" and self.pairing is None:
+            raise ValueError("heads=paired needs `pairing` (pairing.json)")
+        return self
+
+
+class MatchConfig(_Base):
+    """`match`: pair student heads with the teacher circuit's heads (SPEC §1 step 2)."""
+
+    teacher: str = Field(..., description="teacher model")
+    student: str = Field(..., description="student model")
+    circuit: str = Field(..., description="circuit.json of the teacher (a `heads` list of {layer, head, score})")
+    data: str = Field(..., description="items for the ablation sweeps (JSONL); use a validation split")
+    out: str = Field("runs/distill/match", description="output directory (pairing.json + pairing.png)")
+    by: Literal["ablation", "cka"] = Field(
+        "ablation", description="ablation: distance |dP_s - dP_t| of mean-ablation accuracy drops (paper); "
+        "cka: 1 - CKA of the heads' outputs at `position` over the data")
+    baseline: Literal["student", "teacher"] = Field(
+        "student", description="teacher effects dP_t = P_base - P_t(ablated) with P_base the STUDENT's base "
+        "accuracy (paper) or the teacher's own")
+    metric: Literal["accuracy", "candidate_accuracy"] = Field("accuracy", description="the P in dP")
+    assignment: Literal["nearest", "hungarian"] = Field(
+        "nearest", description="nearest: each student head takes its closest teacher head (many-to-one, paper); "
+        "hungarian: one-to-one minimum-cost assignment (scipy linear_sum_assignment)")
+    relevance_threshold: float = Field(0.0, ge=0.0, description="a student head is relevant when |dP_s| >= this "
+                                       "(by=ablation)")
+    budget: float = Field(0.15, gt=0.0, description="student heads to pair: a fraction of all student heads "
+                          "(<1) or a count (>=1). Default 15% (the paper trains ~11-15% of heads)")
+    select: Literal["relevance", "distance"] = Field(
+        "relevance", description="which relevant student heads fill the budget: largest |dP_s| first (relevance) "
+        "or smallest distance to a teacher head first (distance)")
+    position: int = Field(-1, le=-1, description="token position for by=cka and mean ablation statistics")
+    estimator: Literal["biased", "debiased"] = Field("debiased", description="CKA estimator for by=cka")
+    max_items: int | None = Field(256, ge=1, description="use at most N items")
+    batch_size: int = Field(32, ge=1, description="batch size of the ablation sweeps")
+    seed: int = Field(0, description="seed (recorded; matching itself is deterministic)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+
+
+def load_config(cls: type[_Base], path: str | Path | None = None, **overrides) -> _Base:
+    """Build a config from an optional JSON file plus overrides; errors name the file and field."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"config file {p} does not exist")
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: must hold a JSON object of {cls.__name__} fields")
+        data = data.get("config", data) if "method" not in data and "config" in data else data
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**data)
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        lines = [f"  {'.'.join(map(str, err['loc'])) or '<config>'}: {err['msg']}" for err in e.errors()]
+        raise ValueError(f"invalid {cls.__name__}{where}:\n" + "\n".join(lines)) from None
+
+
+def schema_markdown(cls: type[_Base]) -> str:
+    """A Markdown table of the fields (used for docs/distill.md)."""
+    rows = ["| field | default | description |", "|---|---|---|"]
+    for name, f in cls.model_fields.items():
+        default = "required" if f.is_required() else json.dumps(f.default)
+        rows.append(f"| `{name}` | `{default}` | {f.description or ''} |")
+    return "\n".join(rows)
