@@ -138,7 +138,8 @@ def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str,
     n_student_heads = HookedLM(_load(student)[0]).shape.n_total_heads
     mcfg = MatchConfig(teacher=teacher, student=student, circuit=circuit, data=data["validation"], out=str(d),
                        by=cfg.match_by, max_items=cfg.match_items, budget=cfg.head_budget,
-                       one_to_one=cfg.one_to_one, seed=cfg.data_seed)
+                       assignment="hungarian" if cfg.one_to_one else "nearest", seed=cfg.data_seed,
+                       num_threads=cfg.threads)
     pairing = match(mcfg)
     return {"pairing": str(d / "pairing.json"), "n_pairs": len(pairing.pairs),
             "student_heads": [list(h) for h in pairing.student_heads],
@@ -269,8 +270,9 @@ def stage_side_effects(cfg: ExperimentConfig, model_path: str, d: Path) -> dict:
 def stage_alignment(cfg: ExperimentConfig, teacher_path: str, student_path: str, data: dict, d: Path) -> dict:
     from ..analysis.compare import CompareConfig, run_compare
 
-    ccfg = CompareConfig(teacher=teacher_path, student=student_path, data=data["validation"], out=str(d),
-                         max_items=cfg.compare_items, seed=cfg.data_seed)
+    ccfg = CompareConfig(teacher=teacher_path, student=student_path, data=data["validation"], out=d,
+                         n_items=cfg.compare_items, seed=cfg.data_seed, threads=cfg.threads, progress=False,
+                         n_boot=200)
     res = run_compare(ccfg)
     return {"alignment_score": res["alignment_score"], "compare": str(d / "compare.json")}
 
