@@ -236,7 +236,8 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", {**provenance(cfg.seed, cfg), "config_hash": cfg_hash,
-                                                "world_size": world, "trainable": report})
+                                                "world_size": world, "trainable": report,
+                                                "backend": dist.get_backend() if _dist_on() else None})
         _write_log(out / LOG, state.rows)
     accelerator.wait_for_everyone()
 

@@ -1,0 +1,136 @@
+"""Training runs on tiny random models: every method, cache == live teacher, kill + resume, clear errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from circuitdistill.cli.main import app
+from circuitdistill.distill.config import METHODS, CacheConfig, DistillConfig
+from circuitdistill.distill.losses import VocabularyMismatch
+from circuitdistill.distill.teacher_cache import TeacherCache, build_cache
+from circuitdistill.distill.trainer import global_indices, train
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distill_fixtures import make_world, save_tiny  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    torch.set_num_threads(1)
+    w = make_world(tmp_path_factory.mktemp("distill"))
+    build_cache(CacheConfig(teacher=w["teacher"], data=w["data"], out=str(w["root"] / "cache")), progress=False)
+    w["cache"] = str(w["root"] / "cache")
+    return w
+
+
+def _cfg(world, method, out, **kw):
+    base = dict(method=method, student=world["student"], teacher_cache=world["cache"], data=world["data"],
+                pairing=world["pairing"], out=str(out), steps=4, batch_size=8, lr=1e-3, checkpoint_every=2,
+                num_threads=1)
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def test_cache_contents(world):
+    c = TeacherCache(world["cache"])
+    assert c.n_items == 48 and c.heads.shape == (48, 8, 16) and c.topk_values.shape == (48, 64)
+    assert torch.equal(c.labels, c.topk_indices[:, 0])
+    assert c.meta["data_sha256"] and c.meta["versions"]["torch"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_runs_and_logs(world, tmp_path, method):
+    s = train(_cfg(world, method, tmp_path / method), progress=False)
+    rows = [json.loads(l) for l in (tmp_path / method / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    if method in ("circuit", "circuit-align", "circuit-random"):
+        assert len(rows[0]["cka"]) == 3 and "align" in rows[0]
+    if method in ("full-kd", "circuit-ce", "circuit", "circuit-random"):
+        assert "ce" in rows[0]
+    assert (tmp_path / method / "loss.png").stat().st_size > 0
+    assert s["trainable"]["n_selected_heads"] == (8 if method in ("full-kd", "logit-kd") else 3)
+    summary = json.loads((tmp_path / method / "summary.json").read_text())
+    assert summary["seed"] == 0 and summary["config"]["method"] == method
+
+
+def test_random_pairing_differs_from_aligned(world, tmp_path):
+    a = train(_cfg(world, "circuit", tmp_path / "a", steps=1), progress=False)
+    r = train(_cfg(world, "circuit-random", tmp_path / "r", steps=1), progress=False)
+    assert [p["student"] for p in a["pairs"]] == [p["student"] for p in r["pairs"]]
+    assert all(x["teacher"] != y["teacher"] for x, y in zip(a["pairs"], r["pairs"]))
+
+
+def test_cache_and_live_teacher_give_the_same_run(world, tmp_path):
+    a = train(_cfg(world, "circuit", tmp_path / "cache"), progress=False)
+    b = train(_cfg(world, "circuit", tmp_path / "live", teacher_cache=None, teacher=world["teacher"]),
+              progress=False)
+    assert a["final"]["loss"] == pytest.approx(b["final"]["loss"], abs=1e-5)
+    assert a["final"]["cka"] == pytest.approx(b["final"]["cka"], abs=1e-5)
+
+
+def test_data_order_is_a_function_of_seed_and_step():
+    a = [global_indices(s, 8, 20, seed=3) for s in range(6)]
+    assert a == [global_indices(s, 8, 20, seed=3) for s in range(6)]
+    flat = sum(a, [])
+    assert sorted(flat[:20]) == list(range(20))  # first epoch is a permutation
+
+
+def test_kill_and_resume_gives_the_same_weights(world, tmp_path):
+    full = _cfg(world, "circuit", tmp_path / "uninterrupted", steps=6, checkpoint_every=2)
+    train(full, progress=False)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "circuitdistill.cli.main", "distill", "--method", "circuit", "--student",
+           world["student"], "--teacher-cache", world["cache"], "--data", world["data"], "--pairing",
+           world["pairing"], "--out", str(killed), "--steps", "6", "--batch-size", "8", "--lr", "1e-3",
+           "--checkpoint-every", "2", "--num-threads", "1"]
+    env = {**os.environ, "CIRCUITDISTILL_FAULT_KILL_AFTER_STEP": "3"}
+    p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert torch.load(killed / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert len((killed / "log.jsonl").read_text().splitlines()) == 3  # step 3 ran but was never checkpointed
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(full.model_copy(update={"out": str(killed)}), progress=False)
+    train(full.model_copy(update={"out": str(killed)}), resume=True, progress=False)
+    a, b = load_file(str(tmp_path / "uninterrupted" / "weights.safetensors")), load_file(str(killed / "weights.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(l) for l in (killed / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_logit_kd_vocabulary_mismatch_fails_at_start(world, tmp_path):
+    other = save_tiny(tmp_path / "bigvocab", seed=3, vocab_size=50304)
+    cfg = _cfg(world, "logit-kd", tmp_path / "kd", student=other, teacher_cache=None, teacher=world["teacher"])
+    with pytest.raises(VocabularyMismatch, match="50257 output logits.*50304"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "kd" / "log.jsonl").exists()  # nothing trained
+    res = CliRunner().invoke(app, ["distill", "--method", "logit-kd", "--student", other, "--teacher-cache",
+                                   world["cache"], "--data", world["data"], "--out", str(tmp_path / "kd2"),
+                                   "--num-threads", "1"])
+    assert res.exit_code == 2 and "share a vocabulary" in res.output
+
+
+def test_config_errors_name_the_field(world, tmp_path):
+    res = CliRunner().invoke(app, ["distill", "--method", "circuit", "--student", world["student"], "--teacher",
+                                   world["teacher"], "--data", world["data"], "--steps", "0"])
+    assert res.exit_code == 2 and "steps" in res.output and "greater than or equal to 1" in res.output
+    res = CliRunner().invoke(app, ["distill", "--method", "circuit", "--student", world["student"], "--teacher",
+                                   world["teacher"], "--data", world["data"]])
+    assert res.exit_code == 2 and "pairing" in res.output
+    cfgf = tmp_path / "cfg.json"
+    cfgf.write_text(json.dumps({"method": "circuit", "student": world["student"], "data": world["data"],
+                                "pairing": world["pairing"], "teacher_cache": world["cache"], "lambda": 2}))
+    res = CliRunner().invoke(app, ["distill", "--config", str(cfgf)])
+    assert res.exit_code == 2 and "lambda" in res.output and str(cfgf) in res.output
+    with pytest.raises(ValueError, match="position"):
+        train(_cfg(world, "circuit", tmp_path / "pos", position=-2), progress=False)
