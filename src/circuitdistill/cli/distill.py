@@ -114,10 +114,10 @@ def _match(cfg: MatchConfig):
         pairing = match(cfg)
     except (ValueError, FileNotFoundError, KeyError, IndexError) as e:
         _fail(e)
-    typer.echo(f"{len(pairing['pairs'])} pairs -> {cfg.out}/pairing.json")
-    for p in pairing["pairs"]:
-        typer.echo(f"  student L{p['student'][0]}.H{p['student'][1]} ~ teacher L{p['teacher'][0]}.H{p['teacher'][1]}"
-                   f"  distance {p['distance']:.4f}")
+    typer.echo(f"{len(pairing.pairs)} pairs -> {cfg.out}/pairing.json (+ pairing.png)")
+    for p in pairing.pairs:
+        typer.echo(f"  student L{p.student[0]}.H{p.student[1]} ~ teacher L{p.teacher[0]}.H{p.teacher[1]}"
+                   f"  distance {p.distance:.4f}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,127 @@
+"""Head matching: the pairing rules on known distances, and the ablation effects against a direct loop."""
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from circuitdistill.circuits.ablation import mean_head_outputs
+from circuitdistill.circuits.circuit import Circuit, CircuitHead
+from circuitdistill.distill.cka import cka
+from circuitdistill.distill.config import MatchConfig
+from circuitdistill.distill.matching import load_pairing, match, pair_heads
+from circuitdistill.models.hooks import HookedLM, hook_name, mean_ablate
+from circuitdistill.models.registry import load_model
+from circuitdistill.tasks.io import load_items
+from circuitdistill.tasks.scoring import evaluate
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distill_fixtures import make_world  # noqa: E402
+
+
+def test_nearest_is_many_to_one_and_respects_budget_and_order():
+    dist = np.array([[0.1, 0.5], [0.2, 0.9], [0.7, 0.3], [0.05, 0.6]])
+    rel = np.array([0.5, 0.1, 0.9, 0.2])
+    got = pair_heads(dist, lambda i: -rel[i], range(4), budget=3, assignment="nearest")
+    assert got == [(2, 1), (0, 0), (3, 0)]  # largest relevance first; teacher 0 taken twice
+    got = pair_heads(dist, lambda i: dist[i].min(), [0, 1, 2], budget=2, assignment="nearest")
+    assert got == [(0, 0), (1, 0)]
+
+
+def test_hungarian_is_the_optimal_one_to_one_assignment():
+    rng = np.random.default_rng(0)
+    dist = rng.random((5, 3))
+    got = pair_heads(dist, lambda i: i, range(5), budget=5, assignment="hungarian")
+    assert len(got) == 3 and len({t for _, t in got}) == 3
+    best = min(sum(dist[r, c] for r, c in zip(rows, range(3)))
+               for rows in itertools.permutations(range(5), 3))
+    assert sum(dist[r, c] for r, c in got) == pytest.approx(best)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    torch.set_num_threads(1)
+    w = make_world(tmp_path_factory.mktemp("match"), n_items=24)
+    circ = Circuit(heads=[CircuitHead(layer=1, head=2, score=0.5), CircuitHead(layer=0, head=3, score=-0.2),
+                          CircuitHead(layer=1, head=0, score=0.1)],
+                   n_layers=2, n_heads_per_layer=4, method="test", metric="candidate_accuracy")
+    w["circuit"] = str(circ.save(w["root"] / "circuit.json"))
+    return w
+
+
+def _direct_drops(model_dir, items, heads):
+    model, tok = load_model(model_dir)
+    hooked = HookedLM(model, tok)
+    means = mean_head_outputs(hooked, items, batch_size=8)
+    base = evaluate(model, tok, items, 8).per_item["candidate_accuracy"].mean().item()
+    abl = {}
+    for l, h in heads:
+        ivs = [mean_ablate(hook_name(l, "attn.hook_z"), means[hook_name(l, "attn.hook_z")], heads=[h])]
+        abl[(l, h)] = evaluate(model, tok, items, 8, interventions=ivs, hooked=hooked
+                               ).per_item["candidate_accuracy"].mean().item()
+    return base, abl
+
+
+@pytest.mark.parametrize("baseline", ["student", "teacher"])
+def test_ablation_effects_match_a_direct_loop(world, tmp_path, baseline):
+    cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
+                      data=world["data"], out=str(tmp_path), metric="candidate_accuracy", budget=3,
+                      baseline=baseline, batch_size=8, num_threads=1)
+    pairing = match(cfg, progress=False)
+    doc = json.loads((tmp_path / "pairing.json").read_text())
+    assert (tmp_path / "pairing.png").stat().st_size > 0
+    items = load_items(world["data"])
+    s_base, s_abl = _direct_drops(world["student"], items, [(l, h) for l in range(2) for h in range(4)])
+    t_base, t_abl = _direct_drops(world["teacher"], items, [(1, 2), (0, 3), (1, 0)])
+    assert doc["student_base"] == pytest.approx(s_base, abs=1e-6)
+    for l in range(2):
+        for h in range(4):
+            assert doc["dP_student_grid"][l][h] == pytest.approx(s_base - s_abl[(l, h)], abs=1e-6)
+    ref = s_base if baseline == "student" else t_base
+    for (l, h), v in t_abl.items():
+        assert doc["dP_teacher"][f"L{l}.H{h}"] == pytest.approx(ref - v, abs=1e-6)
+    # every pair is the nearest teacher head under |dP_s - dP_t|
+    assert len(pairing.pairs) == 3
+    for p in doc["pairs"]:
+        ds = s_base - s_abl[tuple(p["student"])]
+        dists = {t: abs(ds - (ref - v)) for t, v in t_abl.items()}
+        assert p["distance"] == pytest.approx(min(dists.values()), abs=1e-6)
+        assert dists[tuple(p["teacher"])] == pytest.approx(min(dists.values()), abs=1e-6)
+    # the file is what training reads
+    assert load_pairing(tmp_path / "pairing.json").student_heads == [tuple(p["student"]) for p in doc["pairs"]]
+    assert doc["seed"] == 0 and doc["timing_s"]["student_sweep_s"] > 0
+
+
+def test_match_by_cka_uses_activation_similarity(world, tmp_path):
+    cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
+                      data=world["data"], out=str(tmp_path), by="cka", budget=0.25, assignment="hungarian",
+                      batch_size=8, num_threads=1)
+    pairing = match(cfg, progress=False)
+    assert len(pairing.pairs) == 2 and len({p.teacher for p in pairing.pairs}) == 2  # 25% of 8, one-to-one
+    # check one pair's distance directly
+    items = load_items(world["data"])
+    rows = {}
+    for name, path in (("s", world["student"]), ("t", world["teacher"])):
+        model, tok = load_model(path)
+        hooked = HookedLM(model, tok)
+        from circuitdistill.tasks.batching import encode_items
+        from circuitdistill.tasks.scoring import forward_inputs
+
+        b = encode_items(tok, items)
+        with hooked.hooks(record=[hook_name(l, "attn.hook_z") for l in range(2)], detach=True) as rec:
+            model(**forward_inputs(b))
+        rows[name] = {l: rec[hook_name(l, "attn.hook_z")][:, -1] for l in range(2)}
+    p = pairing.pairs[0]
+    direct = cka(rows["s"][p.student[0]][:, p.student[1]], rows["t"][p.teacher[0]][:, p.teacher[1]], debiased=True)
+    assert 1 - p.distance == pytest.approx(direct.item(), abs=1e-5)
+
+
+def test_threshold_that_excludes_everything_is_explained(world, tmp_path):
+    cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
+                      data=world["data"], out=str(tmp_path), metric="candidate_accuracy",
+                      relevance_threshold=2.0, batch_size=8, num_threads=1)
+    with pytest.raises(ValueError, match="relevance_threshold"):
+        match(cfg, progress=False)
