@@ -1,0 +1,386 @@
+"""End-to-end teacher tracing: teachers answer instructions, students are fine-tuned on each teacher's answers,
+students answer held-out instructions, and the tracer (PoS templates, word n-grams) plus two baselines
+(perplexity under each teacher, bag-of-words similarity) say which teacher each student text came from.
+
+Stages (each resumes; rerunning the same command skips finished work):
+
+1. ``teachers``  every teacher answers the first ``n_train`` instructions
+   -> ``OUT/teachers/<teacher>.jsonl`` (appended batch by batch; done ids are skipped on resume).
+2. ``students``  for each teacher, a student (``student_base``, top ``student_train_layers`` layers trainable)
+   is fine-tuned on that teacher's (instruction, answer) pairs; checkpoints under ``OUT/students/<teacher>/``;
+   the final model is saved with ``registry.save_derived`` so ``load_model`` accepts its name.
+3. ``student_gen`` each student answers the ``n_test`` held-out instructions -> ``OUT/students/<teacher>.jsonl``.
+4. ``trace``     fit the tracer on the teachers' texts, predict the students' texts, run the baselines and
+   write ``OUT/report.json``, ``OUT/report.md`` and confusion-matrix PNGs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tqdm.auto import tqdm
+
+from ..utils import provenance, seed_everything, sha256_json, write_json_atomic, write_text_atomic
+from .io import append_jsonl, compact_jsonl, read_done, read_jsonl
+
+# Distinct system-prompt "personas" of one model. They are NOT different teachers: a persona teacher is the
+# same weights with a different system prompt, and every report labels it as such.
+PERSONAS: dict[str, str] = {
+    "terse": "You are a terse assistant. Answer in short, plain sentences without lists or formatting.",
+    "teacher": "You are a friendly school teacher. Explain things step by step with simple examples.",
+}
+
+
+def split_teacher(spec: str) -> tuple[str, str | None]:
+    """``model`` or ``model@persona``."""
+    if "@" in spec:
+        model, persona = spec.split("@", 1)
+        if persona not in PERSONAS:
+            raise ValueError(f"unknown persona {persona!r} in teacher {spec!r}; personas: {', '.join(PERSONAS)}")
+        return model, persona
+    return spec, None
+
+
+def default_instructions_path() -> Path:
+    return Path(str(resources.files("circuitdistill") / "resources" / "trace_instructions.jsonl"))
+
+
+class DecodingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: int = Field(48, ge=1, le=1024)
+    do_sample: bool = True
+    temperature: float = Field(0.7, gt=0, le=5)
+    top_p: float = Field(0.9, gt=0, le=1)
+    batch_size: int = Field(16, ge=1, le=512)
+
+
+class StudentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base: str = "smollm2-135m"
+    train_layers: int = Field(12, ge=0, description="top decoder layers trained (0 = all parameters)")
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_len: int = Field(128, ge=16, description="prompt+answer tokens per training example")
+    checkpoint_every: int = Field(10, ge=1, description="optimizer steps between checkpoints")
+
+
+class ExperimentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    teachers: list[str] = Field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"])
+    instructions: Path | None = None
+    n_train: int = Field(240, ge=10, description="instructions the teachers answer (student training + tracer fit)")
+    n_test: int = Field(60, ge=1, description="held-out instructions the students answer")
+    decoding: DecodingConfig = Field(default_factory=DecodingConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    tagger: str = "spacy"
+    seed: int = 0
+    out_dir: Path = Path("runs/trace/experiment")
+    threads: int = Field(2, ge=1)
+    stages: list[Literal["teachers", "students", "student_gen", "trace"]] = Field(
+        default_factory=lambda: ["teachers", "students", "student_gen", "trace"])
+
+    @field_validator("teachers")
+    @classmethod
+    def _teachers(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError("need at least 2 teachers to trace between")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate teachers in {v}")
+        for t in v:
+            split_teacher(t)
+        return v
+
+
+def load_instructions(cfg: ExperimentConfig) -> tuple[list[dict], list[dict]]:
+    path = cfg.instructions or default_instructions_path()
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r.get("instruction"), str) or "id" not in r:
+            raise ValueError(f"{path}:{i}: each row needs 'id' and 'instruction'")
+    if cfg.n_train + cfg.n_test > len(rows):
+        raise ValueError(f"n_train + n_test = {cfg.n_train + cfg.n_test} exceeds the {len(rows)} instructions in {path}")
+    return rows[: cfg.n_train], rows[len(rows) - cfg.n_test:]
+
+
+def safe_name(spec: str) -> str:
+    return spec.replace("/", "_").replace("@", "+")
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+def chat_prompt(tok, instruction: str, system: str | None = None) -> str:
+    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": instruction}]
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return (system + "\n\n" if system else "") + f"Instruction: {instruction}\nAnswer:"
+
+
+@torch.no_grad()
+def generate_answers(model, tok, rows: list[dict], out_path: Path, dec: DecodingConfig, seed: int,
+                     system: str | None = None, source: str = "", desc: str = "generate") -> list[dict]:
+    """Answer every row's instruction; append each finished batch to ``out_path``; skip ids already there."""
+    done = read_done(out_path)
+    todo = [r for r in rows if r["id"] not in done]
+    eos_ids = [tok.eos_token_id]
+    for special in ("<|im_end|>", "<end_of_turn>"):
+        tid = tok.convert_tokens_to_ids(special) if special in tok.get_vocab() else None
+        if tid is not None and tid not in eos_ids:
+            eos_ids.append(tid)
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc, unit="text")
+    for start in range(0, len(todo), dec.batch_size):
+        batch = todo[start:start + dec.batch_size]
+        prompts = [chat_prompt(tok, r["instruction"], system) for r in batch]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        # seed per batch from its first id, so a resumed run samples what the uninterrupted one would have
+        torch.manual_seed(int(sha256_json([seed, batch[0]["id"]])[:8], 16))
+        t0 = time.time()
+        out = model.generate(**enc, max_new_tokens=dec.max_new_tokens, do_sample=dec.do_sample,
+                             temperature=dec.temperature if dec.do_sample else None,
+                             top_p=dec.top_p if dec.do_sample else None, top_k=None if dec.do_sample else None,
+                             pad_token_id=tok.pad_token_id, eos_token_id=eos_ids)
+        dt = time.time() - t0
+        new = out[:, enc["input_ids"].shape[1]:]
+        recs = []
+        for r, ids in zip(batch, new):
+            n_tok = int((~torch.isin(ids, torch.tensor(eos_ids + [tok.pad_token_id]))).sum())
+            text = tok.decode(ids, skip_special_tokens=True)
+            if not getattr(tok, "chat_template", None):
+                # plain-format prompt (a base model without a chat template): cut where it starts a new turn
+                for stop in ("\nInstruction:", "\n\n\n"):
+                    text = text.split(stop)[0]
+            text = text.strip()
+            recs.append({"id": r["id"], "instruction": r["instruction"], "text": text or "(empty)",
+                         "source": source, "new_tokens": n_tok, "batch_seconds": round(dt, 2)})
+        append_jsonl(out_path, recs)
+        bar.update(len(batch))
+    bar.close()
+    by_id = {r["id"]: r for r in compact_jsonl(out_path)}
+    return [by_id[r["id"]] for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------ student
+
+def _encode_pair(tok, instruction: str, answer: str, max_len: int) -> tuple[list[int], list[int]]:
+    prompt_ids = tok(chat_prompt(tok, instruction), add_special_tokens=False)["input_ids"]
+    end = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else (tok.eos_token or "")
+    ans_ids = tok(answer + end, add_special_tokens=False)["input_ids"]
+    ids = (prompt_ids + ans_ids)[:max_len]
+    labels = ([-100] * len(prompt_ids) + ans_ids)[:max_len]
+    return ids, labels
+
+
+def _collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    n = max(len(ids) for ids, _ in pairs)
+    input_ids = torch.full((len(pairs), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(pairs), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(pairs), n), dtype=torch.long)
+    for i, (ids, lab) in enumerate(pairs):  # right padding for training
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def _trainable(model, train_layers: int) -> list[torch.nn.Parameter]:
+    if train_layers == 0:
+        return [p for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = model.model.layers
+    k = min(train_layers, len(layers))
+    params = []
+    for layer in layers[len(layers) - k:]:
+        params += list(layer.parameters())
+    params += list(model.model.norm.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def train_student(teacher: str, data: list[dict], cfg: ExperimentConfig, ckpt_dir: Path) -> tuple[str, dict]:
+    """Fine-tune ``cfg.student.base`` on one teacher's answers; resume from ``ckpt_dir``; return (name, info)."""
+    from safetensors.torch import load_file, save_file
+
+    from ..models import registry
+
+    sc = cfg.student
+    name = f"trace-student-{safe_name(teacher)}-{sha256_json([teacher, sc.model_dump(), cfg.seed, cfg.n_train, sorted(r['id'] for r in data)])[:8]}"
+    if registry.is_prepared(name) or (registry.cached_dir(name) / "config.json").exists():
+        meta = json.loads((registry.cached_dir(name) / "circuitdistill.json").read_text())
+        return name, meta.get("train", {})
+    model, tok = registry.load_model(sc.base)
+    model.train()
+    params = _trainable(model, sc.train_layers)
+    opt = torch.optim.AdamW(params, lr=sc.lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed)
+    pairs = [_encode_pair(tok, r["instruction"], r["text"], sc.max_len) for r in data]
+    steps_per_epoch = math.ceil(len(pairs) / sc.batch_size)
+    total = max(1, round(sc.epochs * steps_per_epoch))
+    order: list[int] = []
+    while len(order) < total * sc.batch_size:
+        perm = list(range(len(pairs)))
+        rng.shuffle(perm)
+        order += perm
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state_f, weights_f = ckpt_dir / "state.json", ckpt_dir / "trainable.safetensors"
+    step, losses = 0, []
+    if state_f.exists() and weights_f.exists():
+        st = json.loads(state_f.read_text())
+        if st.get("name") == name:
+            sd = load_file(str(weights_f))
+            named = dict(model.named_parameters())
+            with torch.no_grad():
+                for k, v in sd.items():
+                    named[k].copy_(v)
+            if (ckpt_dir / "optimizer.pt").exists():
+                opt.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
+            step, losses = st["step"], st["losses"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) *
+                                              max(0.0, 1 - s / total) if total > 1 else 1.0)
+    for _ in range(step):
+        sched.step()
+    t0 = time.time()
+    bar = tqdm(total=total, initial=step, desc=f"train student<-{teacher}", unit="step")
+    while step < total:
+        idx = order[step * sc.batch_size:(step + 1) * sc.batch_size]
+        batch = _collate([pairs[i] for i in idx], tok.pad_token_id)
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(round(float(loss), 4))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.update(1)
+        if step % sc.checkpoint_every == 0 and step < total:
+            trainable = {k: p.detach().contiguous() for k, p in model.named_parameters() if p.requires_grad}
+            save_file(trainable, str(weights_f) + ".tmp")
+            Path(str(weights_f) + ".tmp").replace(weights_f)
+            torch.save(opt.state_dict(), str(ckpt_dir / "optimizer.pt.tmp"))
+            (ckpt_dir / "optimizer.pt.tmp").replace(ckpt_dir / "optimizer.pt")
+            write_json_atomic(state_f, {"name": name, "step": step, "losses": losses})
+    bar.close()
+    info = {"teacher": teacher, "base": sc.base, "steps": total, "examples": len(pairs), "losses": losses,
+            "train_seconds_this_session": round(time.time() - t0, 1), "config": sc.model_dump()}
+    model.eval()
+    registry.save_derived(model, tok, name, {"description": f"trace student of {teacher} ({sc.base}, {total} steps)",
+                                             "train": info, "seed": cfg.seed})
+    for f in (weights_f, ckpt_dir / "optimizer.pt"):
+        if f.exists():
+            f.unlink()
+    return name, info
+
+
+# ------------------------------------------------------------------------------------------------ run
+
+def _load_teacher(spec: str):
+    from ..models import registry
+
+    model_name, persona = split_teacher(spec)
+    model, tok = registry.load_model(model_name)
+    return model, tok, (PERSONAS[persona] if persona else None)
+
+
+def available_teachers(specs: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Split teacher specs into those that load offline and those that don't (with the reason)."""
+    from ..models import registry
+
+    ok, missing = [], {}
+    for s in specs:
+        name, _ = split_teacher(s)
+        try:
+            registry.resolve(name, auto_prepare=True)
+            ok.append(s)
+        except Exception as e:  # noqa: BLE001 - reported to the user verbatim
+            missing[s] = str(e)
+    return ok, missing
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict:
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    timings_f = out / "timings.json"
+    timings: dict = json.loads(timings_f.read_text()) if timings_f.exists() else {}
+
+    def _tick(key: str, t0: float) -> None:
+        timings[key] = round(timings.get(key, 0.0) + time.time() - t0, 1)
+        write_json_atomic(timings_f, timings)
+
+    teachers, missing = available_teachers(cfg.teachers)
+    if missing:
+        for s, why in missing.items():
+            tqdm.write(f"[trace] teacher {s!r} unavailable, skipped: {why}")
+    if len(teachers) < 2:
+        raise RuntimeError(f"only {len(teachers)} teacher(s) available ({teachers}); need 2. Missing: {missing}")
+    train_rows, test_rows = load_instructions(cfg)
+    write_json_atomic(out / "config.json", provenance(cfg.seed, cfg, teachers_used=teachers, teachers_missing=missing))
+
+    teacher_texts: dict[str, list[dict]] = {}
+    if "teachers" in cfg.stages or "students" in cfg.stages or "trace" in cfg.stages:
+        for t in teachers:
+            path = out / "teachers" / f"{safe_name(t)}.jsonl"
+            done = read_done(path)
+            if all(r["id"] in done for r in train_rows) or "teachers" not in cfg.stages:
+                teacher_texts[t] = [done[r["id"]] for r in train_rows if r["id"] in done]
+                continue
+            t0 = time.time()
+            model, tok, system = _load_teacher(t)
+            teacher_texts[t] = generate_answers(model, tok, train_rows, path, cfg.decoding, cfg.seed, system=system,
+                                                source=t, desc=f"teacher {t}")
+            del model
+            _tick(f"teacher_gen:{t}", t0)
+
+    students: dict[str, str] = {}
+    student_info: dict[str, dict] = {}
+    if "students" in cfg.stages or "student_gen" in cfg.stages:
+        for t in teachers:
+            t0 = time.time()
+            name, info = train_student(t, teacher_texts[t], cfg, out / "students" / safe_name(t))
+            students[t], student_info[t] = name, info
+            if "students" in cfg.stages:
+                _tick(f"student_train:{t}", t0)
+        write_json_atomic(out / "students.json", {"students": students, "info": student_info})
+
+    student_texts: dict[str, list[dict]] = {}
+    if "student_gen" in cfg.stages:
+        from ..models import registry
+
+        for t in teachers:
+            path = out / "students" / f"{safe_name(t)}.jsonl"
+            t0 = time.time()
+            if len(read_done(path)) >= len(test_rows):
+                done = read_done(path)
+                student_texts[t] = [done[r["id"]] for r in test_rows]
+                continue
+            model, tok = registry.load_model(students[t])
+            student_texts[t] = generate_answers(model, tok, test_rows, path, cfg.decoding, cfg.seed + 1,
+                                                source=t, desc=f"student<-{t}")
+            del model
+            _tick(f"student_gen:{t}", t0)
+
+    result: dict = {"teachers": teachers, "teachers_missing": missing, "timings_s": timings}
+    if "trace" in cfg.stages:
+        from .report import experiment_report
+
+        if not student_texts:
+            for t in teachers:
+                done = read_done(out / "students" / f"{safe_name(t)}.jsonl")
+                student_texts[t] = [done[r["id"]] for r in test_rows if r["id"] in done]
+        t0 = time.time()
+        result.update(experiment_report(cfg, teachers, teacher_texts, student_texts, out))
+        _tick("trace", t0)
+        result["timings_s"] = timings
+        write_json_atomic(out / "report.json", {**result, "provenance": provenance(cfg.seed, cfg)})
+    return result
