@@ -1,0 +1,92 @@
+"""`circuitdistill evaluate`: task metrics with 95% CIs (optionally circuit faithfulness) -> JSON."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..utils import provenance, sha256_file, write_json_atomic
+
+
+class EvaluateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., min_length=1)
+    data: Path
+    batch_size: int = Field(32, ge=1, le=4096)
+    limit: Optional[int] = Field(None, ge=1, description="score only the first N items")
+    threads: int = Field(2, ge=1, le=256)
+    circuit: Optional[Path] = None
+    random_sets: int = Field(10, ge=0, le=10_000)
+    seed: int = 0
+    per_item: bool = True
+
+
+def evaluate_cmd(
+    model: str = typer.Option(..., "--model", "-m", help="registry name (e.g. smollm2-135m-et-teacher) or model dir"),
+    data: Path = typer.Option(..., help="task JSONL (ours, a user task, or the box-dataset format)"),
+    out: Optional[Path] = typer.Option(None, help="write results JSON here (summary, per-item vectors, provenance)"),
+    batch_size: int = typer.Option(32),
+    limit: Optional[int] = typer.Option(None, help="score only the first N items"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+    circuit: Optional[Path] = typer.Option(None, help="circuit.json: also report circuit-only faithfulness"),
+    random_sets: int = typer.Option(10, help="with --circuit: random head sets of the same size as control"),
+    seed: int = typer.Option(0, help="with --circuit: seed of the random sets"),
+    per_item: bool = typer.Option(True, help="store the per-item metric vectors in the JSON (for paired tests)"),
+):
+    """Accuracy, candidate accuracy, answer log-prob and logit difference, each with a 95% CI."""
+    import torch
+
+    from ..models import registry
+    from ..tasks.io import TaskFileError, load_items
+    from ..tasks.scoring import evaluate, format_summary
+
+    try:
+        cfg = EvaluateConfig(model=model, data=data, batch_size=batch_size, limit=limit, threads=threads,
+                             circuit=circuit, random_sets=random_sets, seed=seed, per_item=per_item)
+        items = load_items(cfg.data)
+    except (ValidationError, TaskFileError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    if cfg.limit:
+        items = items[: cfg.limit]
+    faithfulness_report = None
+    if cfg.circuit is not None:
+        try:
+            from ..circuits.faithfulness import faithfulness_report
+        except ImportError as e:
+            typer.echo(f"error: --circuit needs circuitdistill.circuits.faithfulness.faithfulness_report, which is "
+                       f"not available in this install ({e})", err=True)
+            raise typer.Exit(2)
+        if not cfg.circuit.exists():
+            typer.echo(f"error: circuit file {cfg.circuit} does not exist", err=True)
+            raise typer.Exit(2)
+    torch.set_num_threads(cfg.threads)
+    try:
+        m, tok = registry.load_model(cfg.model)
+    except registry.ModelNotAvailable as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    t0 = time.perf_counter()
+    res = evaluate(m, tok, items, batch_size=cfg.batch_size, progress=True)
+    typer.echo(f"{cfg.model} on {cfg.data} ({res.wall_s:.1f} s)")
+    typer.echo(format_summary(res.summary()))
+    result = {"model": cfg.model, "data": str(cfg.data), "data_sha256": sha256_file(cfg.data),
+              **res.to_json(per_item=cfg.per_item)}
+    if faithfulness_report is not None:
+        rep = faithfulness_report(m, tok, items, str(cfg.circuit), n_random=cfg.random_sets, seed=cfg.seed,
+                                  batch_size=cfg.batch_size, progress=True)
+        result["faithfulness"] = rep
+        typer.echo(f"circuit: {rep.get('n_heads')} heads, faithfulness {rep.get('faithfulness')}")
+    result["total_wall_s"] = time.perf_counter() - t0
+    result["provenance"] = provenance(cfg.seed, cfg)
+    if out:
+        write_json_atomic(out, result)
+        typer.echo(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_cmd)
