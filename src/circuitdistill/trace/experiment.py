@@ -259,7 +259,7 @@ def train_student(teacher: str, data: list[dict], cfg: ExperimentConfig, ckpt_di
         sched.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        losses.append(round(float(loss), 4))
+        losses.append(round(float(loss.detach()), 4))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.update(1)
         if step % sc.checkpoint_every == 0 and step < total:
