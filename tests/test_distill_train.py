@@ -134,3 +134,13 @@ def test_config_errors_name_the_field(world, tmp_path):
     assert res.exit_code == 2 and "lambda" in res.output and str(cfgf) in res.output
     with pytest.raises(ValueError, match="position"):
         train(_cfg(world, "circuit", tmp_path / "pos", position=-2), progress=False)
+
+
+def test_resume_may_extend_the_number_of_steps(world, tmp_path):
+    train(_cfg(world, "circuit-ce", tmp_path / "straight", steps=4), progress=False)
+    train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=2), progress=False)
+    train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=4), resume=True, progress=False)
+    a, b = load_file(str(tmp_path / "straight" / "weights.safetensors")), load_file(str(tmp_path / "ext" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="different config"):
+        train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=4, lr=5e-4), resume=True, progress=False)

@@ -40,6 +40,9 @@ from .losses import (check_same_vocab, cka_alignment_loss, final_ce, kd_loss_ful
                      vocab_fingerprint)
 
 CHECKPOINT = "checkpoint.pt"
+# fields that do not change the trajectory: a resumed run may differ in these (e.g. more steps)
+RESUME_MAY_CHANGE = ("steps", "out", "num_threads", "checkpoint_every", "save_as", "eval_data",
+                     "eval_teacher_cache", "eval_interval", "eval_max_items", "eval_batch_size")
 LOG = "log.jsonl"
 
 
@@ -148,7 +151,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     local_b = cfg.batch_size // world
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    cfg_hash = sha256_json(cfg.model_dump(mode="json"))
+    cfg_hash = sha256_json(cfg.model_dump(mode="json", exclude=set(RESUME_MAY_CHANGE)))
     if ckpt_path.exists() and not resume:
         raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     seed_everything(cfg.seed)
@@ -227,8 +230,10 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck["config_hash"] != cfg_hash:
-            raise ValueError(f"{ckpt_path} was written by a different config; resume needs the same config "
-                             "(compare with config.json in that directory)")
+            raise ValueError(f"{ckpt_path} was written by a different config; resume needs the same config except "
+                             f"{', '.join(RESUME_MAY_CHANGE)} (compare with config.json in that directory)")
+        if ck["step"] > cfg.steps:
+            raise ValueError(f"{ckpt_path} is at step {ck['step']}, beyond steps={cfg.steps}")
         _load_trainable(deltas, student, ck["trainable"])
         optimizer.load_state_dict(ck["optimizer"])
         state.step = ck["step"]
@@ -348,10 +353,10 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
                **provenance(cfg.seed, cfg)}
     if main:
         _plot(out / "loss.png", state.rows, cfg)
-        from safetensors.torch import save_file
+        from safetensors.torch import save_model
 
-        with atomic_path(out / "weights.safetensors") as tmp:  # the final student, for comparisons and reloads
-            save_file({k: v.detach().contiguous() for k, v in student.state_dict().items()}, str(tmp))
+        with atomic_path(out / "weights.safetensors") as tmp:  # the final student (tied weights stored once)
+            save_model(student, str(tmp))
         if cfg.save_as:
             from ..models.registry import save_derived
 
