@@ -54,8 +54,8 @@ def _read_log(path: str) -> list[dict]:
 
 def table_rows(results: dict, variant: str) -> list[dict]:
     v = results["variants"][variant]
-    rows = [{"row": "teacher", **_row_stats({"seeds": {"-": results["teacher"]["eval"]}}),
-             "heads": results["teacher"]["circuit"]["share"], "params": None}]
+    rows = [{"row": "teacher", **_row_stats({"seeds": {"-": results["teacher"]["eval"]}}), "heads": None,
+             "params": None}]
     for name, row in v["rows"].items():
         st = _row_stats(row)
         tr = row.get("trainable") or {}
