@@ -90,12 +90,14 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
     with atomic_path(out / CACHE_FILE) as tmp:
         save_file(tensors, str(tmp))
     agree = (tensors["labels"] == tensors["answer_ids"]).float().mean().item()
+    # label texts let a student with ANOTHER tokenizer use the teacher's labels (re-encoded, first token)
+    label_vocab = {int(i): tok.decode([int(i)]) for i in tensors["labels"].unique().tolist()}
     meta = {"teacher": cfg.teacher, "data": str(cfg.data), "data_sha256": sha256_file(cfg.data), "n_items": len(items),
             "position": cfg.position, "top_k": k, "vocab_size": model.get_output_embeddings().weight.shape[0],
             "vocab_fingerprint": vocab_fingerprint(tok),
             "shape": {"n_layers": shape.n_layers, "n_heads": shape.n_heads, "n_kv_heads": shape.n_kv_heads,
                       "d_head": shape.d_head},
-            "n_heads_stored": len(head_list), "teacher_label_accuracy": agree, "wall_s": round(time.time() - t0, 2),
+            "n_heads_stored": len(head_list), "label_texts": label_vocab, "teacher_label_accuracy": agree, "wall_s": round(time.time() - t0, 2),
             **provenance(None, cfg)}
     write_json_atomic(out / META_FILE, meta)
     return out
@@ -140,6 +142,16 @@ class TeacherCache:
         if answer_ids is not None and not torch.equal(answer_ids, self.answer_ids[:len(answer_ids)]):
             raise ValueError(f"teacher cache {self.path}: answer tokens differ from the student tokenizer's; "
                              "the cache was made with a different tokenizer")
+
+    def labels_for(self, student_tokenizer, student_fp: str) -> torch.Tensor:
+        """Teacher labels as STUDENT token ids (identity when the tokenizers are the same)."""
+        if student_fp == self.meta.get("vocab_fingerprint"):
+            return self.labels
+        from ..tasks.batching import first_token_id
+
+        texts = self.meta["label_texts"]
+        ids = {int(k): first_token_id(student_tokenizer, v) for k, v in texts.items()}
+        return torch.tensor([ids[int(i)] for i in self.labels.tolist()])
 
     def require_heads(self, heads: Sequence[tuple[int, int]]) -> None:
         missing = [h for h in heads if h not in self._col]

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..models.hooks import HookedLM, hook_name
-from ..tasks.batching import encode_items
+from ..tasks.batching import encode_items, first_token_id
 from ..tasks.scoring import forward_inputs
 from ..utils import atomic_path, provenance, save_figure_atomic, seed_everything, sha256_json, write_json_atomic
 from .config import HEAD_ONLY, USES_CE, USES_CKA, DistillConfig
@@ -170,8 +170,10 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         from .teacher_cache import TeacherCache
 
         cache = TeacherCache(cfg.teacher_cache)
-        answers = encode_items(tok, items[:min(len(items), 64)])["answer_ids"]
+        same_tok = cache.meta["vocab_fingerprint"] == vocab_fingerprint(tok)
+        answers = encode_items(tok, items[:min(len(items), 64)])["answer_ids"] if same_tok else None
         cache.check_data(cfg.data, len(items), answers)
+        cache_labels = cache.labels_for(tok, vocab_fingerprint(tok))
         if cfg.method in USES_CKA and cache.position != cfg.position:
             raise ValueError(f"teacher cache {cfg.teacher_cache} stored position {cache.position}; the config asks "
                              f"for position {cfg.position}")
@@ -184,6 +186,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
             p.requires_grad_(False)
         t_hooked = HookedLM(teacher, t_tok)
         t_vocab, t_fp = teacher.get_output_embeddings().weight.shape[0], vocab_fingerprint(t_tok)
+        same_tok = t_fp == vocab_fingerprint(tok)
         t_shape = {"n_layers": t_hooked.shape.n_layers, "n_heads": t_hooked.shape.n_heads}
         t_name = cfg.teacher
     if cfg.method == "logit-kd":
@@ -266,15 +269,18 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         # teacher side
         t_logits = None
         if cache is not None:
-            labels = cache.labels[grows[lo:hi]]
+            labels = cache_labels[grows[lo:hi]]
             topk = (cache.topk_values[grows[lo:hi]], cache.topk_indices[grows[lo:hi]])
             t_rows = cache.head_rows(grows, t_pairs_heads).to(device) if cfg.method in USES_CKA else None
         else:
             from .teacher_cache import teacher_pass
 
-            t_logits, t_local = teacher_pass(t_hooked, local, t_pairs_heads if cfg.method in USES_CKA else [],
+            t_in = local if same_tok else {k: v[lo:hi] for k, v in encode_items(t_tok, [items[i] for i in gidx]).items()}
+            t_logits, t_local = teacher_pass(t_hooked, t_in, t_pairs_heads if cfg.method in USES_CKA else [],
                                              cfg.position)
             labels = t_logits.argmax(-1)
+            if not same_tok:  # teacher token -> text -> the student's first token
+                labels = torch.tensor([first_token_id(tok, t_tok.decode([int(i)])) for i in labels.tolist()])
             topk = None
             t_rows = gather_rows_nograd(t_local) if cfg.method in USES_CKA else None
         if cfg.label_source == "gold":
