@@ -115,7 +115,7 @@ class Circuit(BaseModel):
         """Select heads by |score|: the ``top_n`` largest, or every head with |score| >= ``threshold``."""
         if (top_n is None) == (threshold is None):
             raise ValueError("give exactly one of top_n or threshold")
-        scores = torch.as_tensor(scores, dtype=torch.float32)
+        scores = torch.as_tensor(scores).double()
         L, H = scores.shape
         flat = [(l, h, float(scores[l, h])) for l in range(L) for h in range(H) if not torch.isnan(scores[l, h])]
         flat.sort(key=lambda t: (-abs(t[2]), t[0], t[1]))
