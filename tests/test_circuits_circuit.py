@@ -8,7 +8,7 @@ from circuitdistill.circuits.circuit import Circuit, CircuitGroup, CircuitHead, 
 
 
 def make():
-    scores = torch.tensor([[0.1, -0.9, 0.0], [0.5, float("nan"), -0.2]])
+    scores = torch.tensor([[0.1, -0.9, 0.0], [0.5, float("nan"), -0.2]], dtype=torch.float64)
     return Circuit.from_scores(scores, top_n=3, method="activation", metric="logprob", seed=7, data_sha256="ab" * 32,
                                model={"name": "tiny"}, groups=[CircuitGroup(level=0, component="logits",
                                                                             heads=[CircuitHead(layer=0, head=1,
