@@ -176,5 +176,6 @@ def schema_markdown(cls: type[_Base]) -> str:
     rows = ["| field | default | description |", "|---|---|---|"]
     for name, f in cls.model_fields.items():
         default = "required" if f.is_required() else json.dumps(f.default)
-        rows.append(f"| `{name}` | `{default}` | {f.description or ''} |")
+        desc = (f.description or "").replace("|", "\\|")
+        rows.append(f"| `{name}` | `{default}` | {desc} |")
     return "\n".join(rows)

@@ -253,12 +253,11 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     if cfg.eval_data:
         eval_items = load_items(cfg.eval_data)[:cfg.eval_max_items]
     fault = int(os.environ.get("CIRCUITDISTILL_FAULT_KILL_AFTER_STEP", "-1"))
-    evals: list[dict] = [r for r in state.rows if "eval" in r]
     t_start = time.time()
     bar = tqdm(range(state.step, cfg.steps), desc=f"distill {cfg.method}", unit="step",
                disable=not (progress and main), initial=state.step, total=cfg.steps)
     for step in bar:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         gidx = global_indices(step, cfg.batch_size, len(items), cfg.seed)
         batch = encode_items(tok, [items[i] for i in gidx])
         lo, hi = rank * local_b, (rank + 1) * local_b
@@ -330,9 +329,9 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         row["step_time_s"] = time.perf_counter() - t0
+        row["step_cpu_s"] = time.process_time() - c0  # CPU seconds of this process (robust on a shared machine)
         if eval_items is not None and cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
             row["eval"] = _evaluate(cfg, model, tok, eval_items, pairs, accelerator)
-            evals.append(row)
         state.rows.append(row)
         state.step = step + 1
         if main:
