@@ -1,0 +1,185 @@
+"""`circuitdistill discover`: find a task circuit -> circuit.json + heatmap PNG + summary.txt."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import typer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..utils import provenance, sha256_file, write_json_atomic, write_text_atomic
+
+
+class DiscoverConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    data: Path
+    method: Literal["activation", "path", "attribution"] = "activation"
+    ablation: Optional[Literal["mean", "zero", "resample", "corrupted"]] = None
+    positions: Literal["final", "all"] = "final"
+    metric: Literal["logprob", "logit_diff", "accuracy", "candidate_accuracy"] = "logprob"
+    top_n: Optional[int] = Field(None, ge=1)
+    threshold: Optional[float] = Field(None, ge=0)
+    n_items: int = Field(64, ge=1)
+    batch_size: int = Field(32, ge=1)
+    rows_per_pass: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+    levels: int = Field(2, ge=1, description="path: receiver levels")
+    per_level: int = Field(5, ge=1, description="path: heads kept per group")
+    components: list[str] = Field(default_factory=lambda: ["qkv"])
+    ig_steps: int = Field(0, ge=0)
+    random_sets: int = Field(0, ge=0, description="also run circuit-only faithfulness with N random sets")
+    threads: int = Field(2, ge=1)
+    out: Path
+
+    @model_validator(mode="after")
+    def _check(self) -> "DiscoverConfig":
+        if self.top_n is not None and self.threshold is not None:
+            raise ValueError("give --top-n or --threshold, not both")
+        if self.method == "attribution" and self.metric not in ("logprob", "logit_diff"):
+            raise ValueError("--method attribution needs a differentiable --metric: logprob or logit_diff")
+        if self.method == "attribution" and self.ablation == "resample":
+            raise ValueError("--method attribution supports --ablation corrupted, mean or zero")
+        if self.method == "path" and self.ablation == "resample":
+            raise ValueError("--method path supports --ablation corrupted, mean or zero")
+        return self
+
+
+def run_discover(cfg: DiscoverConfig, progress: bool = True):
+    """Python entry point of the command: returns (Circuit, summary text); files go under cfg.out."""
+    import torch
+
+    from ..circuits.ablation import baseline
+    from ..circuits.attribution import attribution_patching
+    from ..circuits.circuit import Circuit, CircuitGroup, CircuitHead
+    from ..circuits.patching import activation_patching, relative_scores
+    from ..circuits.path_patching import path_patching
+    from ..circuits.plots import score_heatmap
+    from ..models import registry
+    from ..models.hooks import HookedLM
+    from ..tasks.io import load_items
+
+    torch.set_num_threads(cfg.threads)
+    items = load_items(cfg.data)[: cfg.n_items]
+    has_corr = all(it.corrupted_prompt is not None for it in items)
+    ablation = cfg.ablation or ("corrupted" if has_corr else "mean")
+    if ablation == "corrupted" and not has_corr:
+        bad = [i for i, it in enumerate(items) if it.corrupted_prompt is None][:5]
+        raise ValueError(f"{cfg.data}: --ablation corrupted needs corrupted_prompt on every item (missing on items "
+                         f"{bad}); use --ablation mean")
+    if cfg.metric == "logit_diff" and any(it.corrupted_answer is None for it in items):
+        raise ValueError(f"{cfg.data}: --metric logit_diff needs corrupted_answer on every item")
+    model, tok = registry.load_model(cfg.model)
+    hooked = HookedLM(model, tok)
+    s = hooked.shape
+    top_n, threshold = cfg.top_n, cfg.threshold
+    if top_n is None and threshold is None:
+        top_n = max(1, math.ceil(0.1 * s.n_total_heads))
+    t0 = time.perf_counter()
+    groups = []
+    base = {}
+    if cfg.method == "activation":
+        res = activation_patching(hooked, items, cfg.metric, replacement=ablation, positions=cfg.positions,
+                                  batch_size=cfg.batch_size, seed=cfg.seed, progress=progress,
+                                  rows_per_pass=cfg.rows_per_pass)
+        scores = res.scores
+        base = {"clean": res.reference, **({"corrupted": res.other} if res.other is not None else {})}
+    elif cfg.method == "attribution":
+        est = attribution_patching(hooked, items, cfg.metric, replacement=ablation, positions=cfg.positions,
+                                   ig_steps=cfg.ig_steps, batch_size=cfg.batch_size, progress=progress)
+        clean = baseline(hooked, items, cfg.metric, cfg.batch_size)
+        scores = relative_scores(est + clean, clean)
+        base = {"clean": clean}
+    else:
+        pp = path_patching(hooked, items, cfg.metric, replacement=ablation, levels=cfg.levels, top_k=cfg.per_level,
+                           threshold=cfg.threshold, components=cfg.components, batch_size=min(cfg.batch_size, 8),
+                           rows_per_pass=cfg.rows_per_pass, progress=progress)
+        scores = pp.union_scores((s.n_layers, s.n_heads))
+        base = {"clean": pp.clean}
+        groups = [CircuitGroup(level=g.level, component=g.component, receivers=g.receivers,
+                               heads=[CircuitHead(layer=l, head=h, score=sc) for l, h, sc in g.heads])
+                  for g in pp.groups]
+        top_n, threshold = None, 0.0  # the circuit is the union of the groups
+    wall = time.perf_counter() - t0
+    meta = registry.resolve(cfg.model)
+    circuit = Circuit.from_scores(
+        scores, top_n=top_n, threshold=threshold, method=cfg.method, metric=cfg.metric, ablation=ablation,
+        positions=cfg.positions, data_sha256=sha256_file(cfg.data), n_items=len(items),
+        model={"name": cfg.model, "path": meta, "model_type": model.config.model_type, "n_layers": s.n_layers,
+               "n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads},
+        seed=cfg.seed, config=cfg.model_dump(mode="json"), baseline=base, groups=groups, timing_s=round(wall, 3))
+    if cfg.method == "path":
+        circuit.selection = {"per_level": cfg.per_level, "levels": cfg.levels, "threshold": cfg.threshold}
+        circuit.scores = [[None if math.isnan(v) else v for v in row]
+                          for row in pp.level0_scores().tolist()]  # full grid: level-0 direct effects
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    circuit.save(out / "circuit.json")
+    score_heatmap(circuit.score_grid(), out / "heatmap.png", circuit=circuit.as_set(),
+                  label=f"relative change of {cfg.metric}", title=f"{cfg.model}: {cfg.method} ({ablation}, {cfg.positions}) - {circuit.n_heads} heads boxed")
+    summary = circuit.summary() + f"wall time: {wall:.1f} s\n"
+    if cfg.random_sets:
+        from ..circuits.faithfulness import faithfulness_report, format_report
+
+        rep = faithfulness_report(model, tok, items, circuit, n_random=cfg.random_sets, seed=cfg.seed,
+                                  batch_size=cfg.batch_size, progress=progress)
+        write_json_atomic(out / "faithfulness.json", {**rep, "provenance": provenance(cfg.seed, cfg)})
+        summary += format_report(rep) + "\n"
+    write_text_atomic(out / "summary.txt", summary)
+    return circuit, summary
+
+
+def discover_cmd(
+    model: str = typer.Option(..., help="model name (built-in, derived, or a local HF directory)"),
+    data: Path = typer.Option(..., help="task items, JSONL (circuitdistill data ...)"),
+    method: str = typer.Option("activation", help="activation | path | attribution"),
+    ablation: Optional[str] = typer.Option(None, help="mean | zero | resample | corrupted (default: corrupted when "
+                                                       "every item has a corrupted_prompt, else mean)"),
+    positions: str = typer.Option("final", help="final | all: where a head's output is replaced"),
+    metric: str = typer.Option("logprob", help="logprob | logit_diff | accuracy | candidate_accuracy"),
+    top_n: Optional[int] = typer.Option(None, help="keep the K heads with the largest |score| (default: 10% of heads)"),
+    threshold: Optional[float] = typer.Option(None, help="keep heads with |score| >= X instead"),
+    n_items: int = typer.Option(64, help="use the first N items of the file"),
+    batch_size: int = typer.Option(32),
+    rows_per_pass: Optional[int] = typer.Option(None, help="rows of one batched forward pass"),
+    seed: int = typer.Option(0),
+    levels: int = typer.Option(2, help="path: receiver levels"),
+    per_level: int = typer.Option(5, help="path: heads kept per group"),
+    components: str = typer.Option("qkv", help="path: receiver inputs, comma separated groups, e.g. qkv or q,k,v"),
+    ig_steps: int = typer.Option(0, help="attribution: integrated-gradient steps (0 = plain AtP)"),
+    random_sets: int = typer.Option(0, help="also report circuit-only faithfulness with N random head sets"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+    out: Path = typer.Option(..., help="output directory"),
+):
+    """Find the attention heads that implement a task: writes circuit.json, heatmap.png and summary.txt."""
+    from ..models.registry import ModelNotAvailable
+    from ..tasks.io import TaskFileError
+
+    try:
+        cfg = DiscoverConfig(model=model, data=data, method=method, ablation=ablation, positions=positions,
+                             metric=metric, top_n=top_n, threshold=threshold, n_items=n_items, batch_size=batch_size,
+                             rows_per_pass=rows_per_pass, seed=seed, levels=levels, per_level=per_level,
+                             components=[c.strip() for c in components.split(",") if c.strip()], ig_steps=ig_steps,
+                             random_sets=random_sets, threads=threads, out=out)
+    except ValidationError as e:
+        for err in e.errors():
+            field = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "options"
+            typer.echo(f"error: {field}: {err['msg']}", err=True)
+        raise typer.Exit(2)
+    if not cfg.data.exists():
+        typer.echo(f"error: --data {cfg.data} does not exist", err=True)
+        raise typer.Exit(2)
+    try:
+        circuit, summary = run_discover(cfg)
+    except (ValueError, IndexError, TaskFileError, ModelNotAvailable, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    typer.echo(summary)
+    typer.echo(f"wrote {cfg.out / 'circuit.json'}, {cfg.out / 'heatmap.png'}, {cfg.out / 'summary.txt'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("discover")(discover_cmd)
