@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..models.hooks import HookedLM
-from ..models.registry import BUILTINS, load_model, prepare, resolve
+from ..models.registry import BUILTINS, load_model, prepare, resolve, save_model_dir
 from ..tasks.io import load_items, save_items
 from ..tasks.schema import TaskItem
 from ..utils import provenance, write_json_atomic
@@ -80,9 +80,7 @@ def _finetune(base: str, items_train, items_val, d: Path, mode: str, task: str, 
     model, tok = load_model(base)
     rec = finetune(cfg, items_train, items_val, d / "run", resume=True, model=model, tokenizer=tok, save=False,
                    progress=True)
-    model.save_pretrained(d / "model", safe_serialization=True)
-    tok.save_pretrained(d / "model")
-    return {"model": str(d / "model"), "record": {k: rec.get(k) for k in
+XX: {k: rec.get(k) for k in
                                                    ("steps", "stop_reason", "final_val_accuracy", "train_seconds")}}
 
 
@@ -170,9 +168,12 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
     model, tok = _load(student)
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(d / "weights.safetensors")), strict=False)
-    model.save_pretrained(d / "model", safe_serialization=True)
-    tok.save_pretrained(d / "model")
+    missing, unexpected = model.load_state_dict(load_file(str(d / "weights.safetensors")), strict=False)
+    tied = {k for k in missing if model.config.tie_word_embeddings and k.endswith("lm_head.weight")}
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"trained weights do not fit the student: missing {missing}, unexpected {unexpected}")
+    save_model_dir(model, tok, d / "model", {"name": f"experiment-{method}-s{seed}",
+                                             "distill": dcfg.model_dump(mode="json")})
     return {"model": str(d / "model"), "log": str(d / "log.jsonl"), "trainable": summary["trainable"],
             "mean_step_time_s": summary["mean_step_time_s"]}
 

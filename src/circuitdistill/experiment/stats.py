@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import binomtest
 
+from ..tasks.scoring import wilson_ci  # noqa: F401 - re-exported: one Wilson interval for the project
+
 
 def mcnemar(correct_a, correct_b) -> dict:
     """Exact McNemar test (two-sided binomial on discordant pairs) over the same items.
@@ -24,13 +26,3 @@ def mean_spread(values) -> dict:
     v = np.asarray(values, dtype=float)
     return {"mean": float(v.mean()) if v.size else float("nan"),
             "std": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size), "values": v.tolist()}
-
-
-def wilson_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (float(centre - half), float(centre + half))

@@ -128,22 +128,9 @@ def prepare(name: str, force: bool = False) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # weights are dequantised float32 now; save them as plain safetensors
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        write_json_atomic(tmp / "circuitdistill.json", {
-            "name": name, "source": str(gguf), "source_sha256": sha256_file(gguf), "dtype": "float32",
-            "license": spec.license, "convert_seconds": round(time.time() - t0, 2), "versions": package_versions(),
-        })
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+    return save_model_dir(model, tok, out, {
+        "name": name, "source": str(gguf), "source_sha256": sha256_file(gguf), "dtype": "float32",
+        "license": spec.license, "convert_seconds": round(time.time() - t0, 2)})
 
 
 def resolve(name_or_path: str, auto_prepare: bool = True) -> str:
@@ -218,15 +205,14 @@ def list_models() -> list[dict]:
     return rows
 
 
-def save_derived(model, tokenizer, name: str, meta: dict) -> Path:
-    """Save a trained model under a name later commands accept (atomic directory swap)."""
-    out = cached_dir(name)
+def save_model_dir(model, tokenizer, out: Path, meta: dict) -> Path:
+    """Save model + tokenizer + circuitdistill.json into ``out``, swapping the whole directory in atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "circuitdistill.json", {"name": name, **meta, "versions": package_versions()})
+        write_json_atomic(tmp / "circuitdistill.json", {**meta, "versions": package_versions()})
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -234,3 +220,8 @@ def save_derived(model, tokenizer, name: str, meta: dict) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def save_derived(model, tokenizer, name: str, meta: dict) -> Path:
+    """Save a trained model under a name later commands accept (atomic directory swap)."""
+    return save_model_dir(model, tokenizer, cached_dir(name), {"name": name, **meta})
