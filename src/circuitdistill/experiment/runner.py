@@ -80,7 +80,8 @@ def _finetune(base: str, items_train, items_val, d: Path, mode: str, task: str, 
     model, tok = load_model(base)
     rec = finetune(cfg, items_train, items_val, d / "run", resume=True, model=model, tokenizer=tok, save=False,
                    progress=True)
-XX: {k: rec.get(k) for k in
+    save_model_dir(model, tok, d / "model", {"name": f"experiment-{mode}", "finetune": cfg.model_dump(mode="json")})
+    return {"model": str(d / "model"), "record": {k: rec.get(k) for k in
                                                    ("steps", "stop_reason", "final_val_accuracy", "train_seconds")}}
 
 
