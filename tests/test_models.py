@@ -58,7 +58,7 @@ def test_prepare_unknown_builtin_fails_cleanly():
 
 
 @pytest.mark.slow
-def test_real_smollm2_loads_offline_with_its_shape_facts():
+def test_real_smollm2_loads_offline_with_its_shape_facts(tmp_path):
     registry.prepare("smollm2-135m")
     t0 = time.time()
     model, tok = registry.load_model("smollm2-135m")
@@ -73,3 +73,9 @@ def test_real_smollm2_loads_offline_with_its_shape_facts():
     ids = tok(["The apple is in Box F. Box F contains the"], return_tensors="pt")
     with torch.no_grad():
         assert tok.decode(model(**ids).logits[0, -1].argmax()) == " apple"
+    # a converted (GGUF-born) model must save and reload as a plain float model: trained teachers are saved so
+    assert not hasattr(model.config, "quantization_config")
+    registry.save_model_dir(model, tok, tmp_path / "resaved", {"name": "resaved"})
+    again, _ = registry.load_model(str(tmp_path / "resaved"))
+    with torch.no_grad():
+        assert torch.equal(again(**ids).logits, model(**ids).logits)

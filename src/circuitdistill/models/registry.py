@@ -127,7 +127,7 @@ def prepare(name: str, force: bool = False) -> Path:
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None  # weights are dequantised float32 now; save them as plain safetensors
+    drop_gguf_quantization(model)
     return save_model_dir(model, tok, out, {
         "name": name, "source": str(gguf), "source_sha256": sha256_file(gguf), "dtype": "float32",
         "license": spec.license, "convert_seconds": round(time.time() - t0, 2)})
@@ -171,6 +171,7 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: st
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
+    drop_gguf_quantization(model)  # caches prepared by older versions still carry it
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     prepare_tokenizer(tok)
     model.config.circuitdistill_name = name_or_path
@@ -205,8 +206,20 @@ def list_models() -> list[dict]:
     return rows
 
 
+def drop_gguf_quantization(model) -> None:
+    """GGUF weights are dequantised to float on load; forget the GGUF 'quantization' so the model saves and
+    reloads as a plain float model (otherwise save_pretrained refuses it and every reload re-marks it)."""
+    qc = getattr(model.config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    if qc is not None and str(method).lower().endswith("gguf"):
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+
+
 def save_model_dir(model, tokenizer, out: Path, meta: dict) -> Path:
     """Save model + tokenizer + circuitdistill.json into ``out``, swapping the whole directory in atomically."""
+    drop_gguf_quantization(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
