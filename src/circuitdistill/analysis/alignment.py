@@ -43,6 +43,7 @@ class Alignment:
     matched: Matched
     norm_student: np.ndarray
     norm_teacher: np.ndarray
+    boot_mean: float = float("nan")  # mean of the resampled scores: far from ``score`` means few items (see docs)
 
 
 def align(teacher_inf: InfluenceResult, student_inf: InfluenceResult, teacher_feat: Features, student_feat: Features,
@@ -65,4 +66,5 @@ def align(teacher_inf: InfluenceResult, student_inf: InfluenceResult, teacher_fe
         inf_t = teacher_inf.bootstrap(idx[None])[0]
         boots.append(alignment_score(mb.similarity, inf_s[mb.student], inf_t[mb.teacher]))
     lo, hi = (np.nanpercentile(boots, [2.5, 97.5]) if boots else (np.nan, np.nan))
-    return Alignment(score, float(lo), float(hi), n_boot, m, normalise(i_s), normalise(i_t))
+    boot_mean = float(np.nanmean(boots)) if boots else float("nan")
+    return Alignment(score, float(lo), float(hi), n_boot, m, normalise(i_s), normalise(i_t), boot_mean)
