@@ -120,7 +120,10 @@ def chat_prompt(tok, instruction: str, system: str | None = None) -> str:
     msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": instruction}]
     if getattr(tok, "chat_template", None):
         return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    return (system + "\n\n" if system else "") + f"Instruction: {instruction}\nAnswer:"
+    # no chat template (a base model, e.g. the gemma3-270m GGUF): plain format, with the model's BOS token, which
+    # we must add ourselves because prompts are encoded with add_special_tokens=False (Gemma degenerates without it)
+    bos = tok.bos_token if tok.bos_token and tok.bos_token != tok.eos_token else ""
+    return bos + (system + "\n\n" if system else "") + f"Instruction: {instruction}\nAnswer:"
 
 
 @torch.no_grad()
@@ -273,6 +276,7 @@ def train_student(teacher: str, data: list[dict], cfg: ExperimentConfig, ckpt_di
     info = {"teacher": teacher, "base": sc.base, "steps": total, "examples": len(pairs), "losses": losses,
             "train_seconds_this_session": round(time.time() - t0, 1), "config": sc.model_dump()}
     model.eval()
+    model.hf_quantizer = None  # the base was converted from GGUF; its weights are plain float32 now
     registry.save_derived(model, tok, name, {"description": f"trace student of {teacher} ({sc.base}, {total} steps)",
                                              "train": info, "seed": cfg.seed})
     for f in (weights_f, ckpt_dir / "optimizer.pt"):
