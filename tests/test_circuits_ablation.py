@@ -19,7 +19,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def items(tok):
-    its = box_items(tok, 7, 3, seed=1)
+    its = box_items(tok, 5, 3, seed=1)
     # one ragged prompt so left padding is exercised
     its[3] = its[3].model_copy(update={"prompt": "Short. " + its[3].prompt})
     return its
@@ -30,8 +30,8 @@ def items(tok):
     ("gpt2", "mean", "final"), ("gpt2", "zero", None), ("gpt2", "corrupted", None), ("gpt2", "clean", "final")])
 def test_batched_equals_one_at_a_time(tok, items, family, mode, positions):
     hk = HookedLM(tiny_model(family), tok)
-    batched = A.head_sweep(hk, items, "logprob", mode, batch_size=4, positions=positions, progress=False)
-    naive = A.head_sweep_naive(hk, items, "logprob", mode, batch_size=4, positions=positions, progress=False)
+    batched = A.head_sweep(hk, items, "logprob", mode, batch_size=3, positions=positions, progress=False)
+    naive = A.head_sweep_naive(hk, items, "logprob", mode, batch_size=3, positions=positions, progress=False)
     assert batched.shape == (2, 4)
     torch.testing.assert_close(batched, naive, atol=1e-5, rtol=0)
 
@@ -91,7 +91,13 @@ def test_circuit_only_keeps_circuit_and_full_set_is_identity(tok, items):
                               n_random=2, metric="logprob")
     assert rep["faithfulness"] == pytest.approx(1.0)
     rep = faithfulness_report(model, tok, items, [(0, 1), (1, 3)], n_random=3, metric="logprob", seed=5)
-    direct = A.baseline(hk, items, "logprob", interventions=circuit_only_interventions(hk, {(0, 1), (1, 3)}, means))
+    pmeans = A.mean_head_outputs(hk, items, per_position=True)  # the default: right-aligned per-position means
+    direct = A.baseline(hk, items, "logprob", interventions=circuit_only_interventions(hk, {(0, 1), (1, 3)}, pmeans))
     assert rep["circuit"] == pytest.approx(direct, abs=1e-4)
+    rep2 = faithfulness_report(model, tok, items, [(0, 1), (1, 3)], n_random=0, metric="logprob",
+                               per_position=False, positions="final")
+    direct = A.baseline(hk, items, "logprob",
+                        interventions=circuit_only_interventions(hk, {(0, 1), (1, 3)}, means, positions=[-1]))
+    assert rep2["circuit"] == pytest.approx(direct, abs=1e-4)
     assert rep["random"]["n_sets"] == 3 and all(len(s) == 2 for s in rep["random"]["sets"])
     assert rep["faithfulness"] == pytest.approx(rep["circuit"] / rep["full"])

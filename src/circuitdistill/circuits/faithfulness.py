@@ -15,7 +15,7 @@ import torch
 from ..models.hooks import HookedLM, Intervention, mean_ablate
 from ..tasks.schema import TaskItem
 from ..tasks.scoring import evaluate
-from .ablation import check_heads, mean_head_outputs, z_hook
+from .ablation import check_heads, mean_head_outputs, parse_positions, z_hook
 from .circuit import Circuit, random_head_sets
 
 HeadSet = Iterable[tuple[int, int]]
@@ -55,12 +55,16 @@ def _std(xs: Sequence[float]) -> float:
 @torch.no_grad()
 def faithfulness_report(model, tokenizer, items: Sequence[TaskItem], circuit, n_random: int = 10, seed: int = 0,
                         batch_size: int = 32, metric: str = "accuracy",
-                        reference_items: Sequence[TaskItem] | None = None, progress: bool = False) -> dict:
+                        reference_items: Sequence[TaskItem] | None = None, progress: bool = False,
+                        per_position: bool = True, positions=None) -> dict:
     """Full vs circuit-only metric, faithfulness = circuit / full, and the random-set control.
 
     ``circuit``: a :class:`Circuit`, a path to circuit.json, or an iterable of (layer, head).
     ``metric``: accuracy | candidate_accuracy | logprob (per-item means from ``tasks.scoring.evaluate``).
-    Means for the ablation come from ``reference_items`` (default: ``items``).
+    Means for the ablation come from ``reference_items`` (default: ``items``); ``per_position`` (default)
+    takes them per position, right-aligned on the final token (templated prompts line up, as in Prakash et
+    al.), else one mean per head over all positions. ``positions``: where non-circuit heads are ablated
+    (None = every position; "final" = only the final one).
     Keys: full, circuit, faithfulness (for ``metric``), full_accuracy, circuit_accuracy, n_heads,
     share, random {values, mean, std, faithfulness_mean, faithfulness_std, sets}, and settings.
     """
@@ -78,18 +82,20 @@ def faithfulness_report(model, tokenizer, items: Sequence[TaskItem], circuit, n_
         raise ValueError(f"circuit is for {circ.n_layers} layers x {circ.n_heads_per_layer} heads but the model has "
                          f"{s.n_layers} x {s.n_heads}; use the circuit found on this model family")
     model.eval()
-    means = mean_head_outputs(hooked, list(reference_items or items), batch_size)
+    means = mean_head_outputs(hooked, list(reference_items or items), batch_size, per_position=per_position)
+    pos = parse_positions(positions)
 
-    def score(ivs) -> tuple[float, float]:
+    def score(ivs) -> tuple[float, float, float]:
         r = evaluate(model, tokenizer, items, batch_size=batch_size, interventions=ivs, hooked=hooked)
-        return float(r.per_item[metric].double().mean()), float(r.accuracy.double().mean())
+        return (float(r.per_item[metric].double().mean()), float(r.accuracy.double().mean()),
+                float(r.candidate_accuracy.double().mean()))
 
-    full, full_acc = score(None)
-    circ_val, circ_acc = score(circuit_only_interventions(hooked, heads, means))
+    full, full_acc, full_cacc = score(None)
+    circ_val, circ_acc, circ_cacc = score(circuit_only_interventions(hooked, heads, means, pos))
     sets = random_head_sets(s.n_layers, s.n_heads, len(heads), n_random, seed=seed) if heads else []
     rand_vals = []
     for hs in sets:
-        rand_vals.append(score(circuit_only_interventions(hooked, hs, means))[0])
+        rand_vals.append(score(circuit_only_interventions(hooked, hs, means, pos))[0])
 
     def ratio(x: float) -> float:
         return x / full if full != 0 else float("nan")
@@ -100,6 +106,7 @@ def faithfulness_report(model, tokenizer, items: Sequence[TaskItem], circuit, n_
         "share": len(heads) / s.n_total_heads,
         "full": full, "circuit": circ_val, "faithfulness": ratio(circ_val),
         "full_accuracy": full_acc, "circuit_accuracy": circ_acc,
+        "full_candidate_accuracy": full_cacc, "circuit_candidate_accuracy": circ_cacc,
         "random": {"n_sets": len(sets), "seed": seed, "values": rand_vals,
                    "mean": sum(rand_vals) / len(rand_vals) if rand_vals else float("nan"), "std": _std(rand_vals),
                    "faithfulness_mean": sum(rand_f) / len(rand_f) if rand_f else float("nan"),
@@ -107,6 +114,7 @@ def faithfulness_report(model, tokenizer, items: Sequence[TaskItem], circuit, n_
                    "sets": [sorted(map(list, hs)) for hs in sets]},
         "heads": sorted(map(list, heads)), "batch_size": batch_size,
         "reference": "items" if reference_items is None else f"{len(reference_items)} reference items",
+        "per_position_means": per_position, "ablated_positions": "all" if pos is None else pos,
     }
 
 
