@@ -140,7 +140,10 @@ class MatchConfig(_Base):
     select: Literal["relevance", "distance"] = Field(
         "relevance", description="which relevant student heads fill the budget: largest |dP_s| first (relevance) "
         "or smallest distance to a teacher head first (distance)")
-    position: int = Field(-1, le=-1, description="token position for by=cka and mean ablation statistics")
+    ablation_positions: Literal["all", "final"] = Field(
+        "all", description="where a head is mean-ablated in the sweeps: every position (all) or only the final "
+        "prompt token (final; exact KV-cache shortcut, far cheaper on large models)")
+    position: int = Field(-1, le=-1, description="token position of the head outputs compared by by=cka")
     estimator: Literal["biased", "debiased"] = Field("debiased", description="CKA estimator for by=cka")
     max_items: int | None = Field(256, ge=1, description="use at most N items")
     batch_size: int = Field(32, ge=1, description="batch size of the ablation sweeps")

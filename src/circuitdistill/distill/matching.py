@@ -153,14 +153,15 @@ def match(cfg, progress: bool = True) -> Pairing:
 
         s_means = mean_head_outputs(sh, items, batch_size=cfg.batch_size)
         s_base = baseline(sh, items, cfg.metric, cfg.batch_size)
+        pos = None if cfg.ablation_positions == "all" else "final"
         s_abl = head_ablation_sweep(sh, items, cfg.metric, "mean", s_means, batch_size=cfg.batch_size,
-                                    progress=progress)
+                                    positions=pos, progress=progress)
         timing["student_sweep_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         t_means = mean_head_outputs(th, items, batch_size=cfg.batch_size)
         t_base = baseline(th, items, cfg.metric, cfg.batch_size)
         t_abl = head_ablation_sweep(th, items, cfg.metric, "mean", t_means, heads=[list(h) for h in t_heads],
-                                    batch_size=cfg.batch_size, progress=progress)
+                                    batch_size=cfg.batch_size, positions=pos, progress=progress)
         timing["teacher_sweep_s"] = time.perf_counter() - t1
         ref = s_base if cfg.baseline == "student" else t_base
         dps = np.array([s_base - float(s_abl[l, h]) for l, h in s_heads])
