@@ -133,8 +133,8 @@ class MatchConfig(_Base):
     assignment: Literal["nearest", "hungarian"] = Field(
         "nearest", description="nearest: each student head takes its closest teacher head (many-to-one, paper); "
         "hungarian: one-to-one minimum-cost assignment (scipy linear_sum_assignment)")
-    relevance_threshold: float = Field(0.0, ge=0.0, description="a student head is relevant when |dP_s| >= this "
-                                       "(by=ablation)")
+    relevance_threshold: float = Field(0.0, ge=0.0, description="a student head is relevant when |dP_s| > this "
+                                       "(by=ablation; with 0, heads whose ablation changed nothing are excluded)")
     budget: float = Field(0.15, gt=0.0, description="student heads to pair: a fraction of all student heads "
                           "(<1) or a count (>=1). Default 15% (the paper trains ~11-15% of heads)")
     select: Literal["relevance", "distance"] = Field(

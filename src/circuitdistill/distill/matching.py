@@ -12,7 +12,9 @@ By ablation effects (paper, default):
 By activation similarity (``by="cka"``): D(h_s, h_t) = 1 - CKA of the two heads' outputs at ``position``
 over the items.
 
-Which student heads get a partner: the relevant ones (|dP_s| >= ``relevance_threshold``), at most
+Which student heads get a partner: the relevant ones (|dP_s| > ``relevance_threshold``; with the default 0 a
+head whose ablation changed nothing is not relevant, so a student without a measurable circuit gets fewer
+pairs than the budget rather than arbitrary ones), at most
 ``budget`` of them (default 15% of the student's heads), largest |dP_s| first (``select="relevance"``;
 for by=cka: highest best-CKA first) or smallest distance first (``select="distance"``). Each then takes
 its nearest teacher head (many-to-one, paper) or, with ``assignment="hungarian"``, the selected heads and
@@ -167,7 +169,8 @@ def match(cfg, progress: bool = True) -> Pairing:
         dps = np.array([s_base - float(s_abl[l, h]) for l, h in s_heads])
         dpt = np.array([ref - float(t_abl[l, h]) for l, h in t_heads])
         dist = np.abs(dps[:, None] - dpt[None, :])
-        candidates = [i for i in range(len(s_heads)) if abs(dps[i]) >= cfg.relevance_threshold]
+        # strict: with the default threshold 0, a head whose ablation changed nothing is not relevant
+        candidates = [i for i in range(len(s_heads)) if abs(dps[i]) > cfg.relevance_threshold]
         if cfg.select == "relevance":
             key = lambda i: (-abs(dps[i]), dist[i].min(), s_heads[i])  # noqa: E731
         else:
@@ -189,7 +192,7 @@ def match(cfg, progress: bool = True) -> Pairing:
         key = lambda i: (dist[i].min(), s_heads[i])  # noqa: E731
     chosen = pair_heads(dist, key, candidates, _budget(cfg, len(s_heads)), cfg.assignment)
     if not chosen:
-        raise ValueError(f"no student head is relevant: every |dP_s| < relevance_threshold={cfg.relevance_threshold}"
+        raise ValueError(f"no student head is relevant: every |dP_s| <= relevance_threshold={cfg.relevance_threshold}"
                          f" on {len(items)} items; lower the threshold or use more items (max_items)")
     pairs = []
     for i, j in chosen:
