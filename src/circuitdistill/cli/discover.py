@@ -32,6 +32,7 @@ class DiscoverConfig(BaseModel):
     components: list[str] = Field(default_factory=lambda: ["qkv"])
     ig_steps: int = Field(0, ge=0)
     random_sets: int = Field(0, ge=0, description="also run circuit-only faithfulness with N random sets")
+    faithfulness_positions: Literal["all", "final"] = "all"
     threads: int = Field(2, ge=1)
     out: Path
 
@@ -125,7 +126,8 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
         from ..circuits.faithfulness import faithfulness_report, format_report
 
         rep = faithfulness_report(model, tok, items, circuit, n_random=cfg.random_sets, seed=cfg.seed,
-                                  batch_size=cfg.batch_size, progress=progress)
+                                  batch_size=cfg.batch_size, progress=progress,
+                                  positions=None if cfg.faithfulness_positions == "all" else "final")
         write_json_atomic(out / "faithfulness.json", {**rep, "provenance": provenance(cfg.seed, cfg)})
         summary += format_report(rep) + "\n"
     write_text_atomic(out / "summary.txt", summary)
@@ -151,6 +153,8 @@ def discover_cmd(
     components: str = typer.Option("qkv", help="path: receiver inputs, comma separated groups, e.g. qkv or q,k,v"),
     ig_steps: int = typer.Option(0, help="attribution: integrated-gradient steps (0 = plain AtP)"),
     random_sets: int = typer.Option(0, help="also report circuit-only faithfulness with N random head sets"),
+    faithfulness_positions: str = typer.Option("all", help="with --random-sets: ablate non-circuit heads at all "
+                                                            "positions or only at the final one"),
     threads: int = typer.Option(2, help="torch CPU threads"),
     out: Path = typer.Option(..., help="output directory"),
 ):
@@ -163,7 +167,8 @@ def discover_cmd(
                              metric=metric, top_n=top_n, threshold=threshold, n_items=n_items, batch_size=batch_size,
                              rows_per_pass=rows_per_pass, seed=seed, levels=levels, per_level=per_level,
                              components=[c.strip() for c in components.split(",") if c.strip()], ig_steps=ig_steps,
-                             random_sets=random_sets, threads=threads, out=out)
+                             random_sets=random_sets, faithfulness_positions=faithfulness_positions, threads=threads,
+                             out=out)
     except ValidationError as e:
         for err in e.errors():
             field = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "options"
