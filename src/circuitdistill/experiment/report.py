@@ -73,8 +73,9 @@ def write_report(results: dict, out: Path) -> Path:
              f"{cfg['estimator']} CKA; test items: {results['teacher']['eval']['n']}. Wall time "
              f"{results['wall_seconds'] / 60:.1f} min.", ""]
     disc = results["teacher"]["circuit"]
-    lines += [f"Teacher circuit: {disc['n_heads']} heads ({disc['share']:.1%} of all heads), found by activation "
-              f"patching at the final position. ![teacher circuit](teacher_circuit.png)", ""]
+    lines += [f"Teacher circuit: {disc['n_heads']} heads ({disc['share']:.1%} of all heads), found by "
+              f"{disc.get('method', 'activation')} patching at the final position on validation items. "
+              "![teacher circuit](teacher_circuit.png)", ""]
     if Path(disc["heatmap"]).exists():
         (out / "teacher_circuit.png").write_bytes(Path(disc["heatmap"]).read_bytes())
     rc = results["teacher"].get("random_control")

@@ -109,26 +109,17 @@ def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path)
 
 
 def stage_discover(cfg: ExperimentConfig, teacher_path: str, data: dict, d: Path) -> dict:
-    from ..circuits.ablation import baseline, head_sweep
-    from ..circuits.circuit import Circuit
-    from .report import plot_head_grid
+    """The teacher's circuit on validation items (never the test split), via `circuitdistill discover`."""
+    from ..cli.discover import DiscoverConfig, run_discover
 
-    model, tok = _load(teacher_path)
-    hooked = HookedLM(model, tok)
-    items = load_items(data["validation"])[: cfg.discovery_items]
-    clean = baseline(hooked, items, metric="logprob")
-    patched = head_sweep(hooked, items, metric="logprob", mode="corrupted", positions="final", progress=True)
-    scores = (patched - clean) / max(abs(clean), 1e-6)  # relative change of the answer's log-prob (SPEC §1)
-    top_n = max(1, round(cfg.circuit_share * hooked.shape.n_total_heads))
-    circuit = Circuit.from_scores(-scores, top_n=top_n, method="activation", metric="logprob", ablation="corrupted",
-                                  positions="final", model={"name": teacher_path}, seed=cfg.data_seed,
-                                  n_items=len(items), baseline={"clean_logprob": clean})
-    circuit.save(d / "circuit.json")
-    plot_head_grid(-scores, circuit.as_set(), d / "circuit.png",
-                   "teacher: -relative change of answer log-prob when patched (circuit boxed)")
-    return {"circuit": str(d / "circuit.json"), "heatmap": str(d / "circuit.png"), "n_heads": circuit.n_heads,
-            "share": circuit.share}
-
+    n_heads = HookedLM(_load(teacher_path)[0]).shape.n_total_heads
+    top_n = max(1, round(cfg.circuit_share * n_heads))
+    dcfg = DiscoverConfig(model=teacher_path, data=Path(data["validation"]), method=cfg.discovery_method,
+                          positions="final", metric="logprob", top_n=top_n, n_items=cfg.discovery_items,
+                          seed=cfg.data_seed, threads=cfg.threads, out=d)
+    circuit, _ = run_discover(dcfg, progress=True)
+    return {"circuit": str(d / "circuit.json"), "heatmap": str(d / "heatmap.png"), "n_heads": circuit.n_heads,
+            "share": circuit.share, "method": cfg.discovery_method}
 
 def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str, data: dict, d: Path) -> dict:
     from ..distill.config import MatchConfig
