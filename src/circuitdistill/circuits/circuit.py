@@ -1,14 +1,13 @@
 """The circuit artifact: a scored set of attention heads with everything needed to reproduce it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..utils import package_versions, write_json_atomic
+from ..utils import package_versions, read_json_file, write_json_atomic
 
 FORMAT = "circuitdistill.circuit/v1"
 
@@ -140,12 +139,7 @@ class Circuit(BaseModel):
     @classmethod
     def load(cls, path: str | Path) -> "Circuit":
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"circuit file {path} does not exist; create one with `circuitdistill discover`")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        data = read_json_file(path, "circuit file", "; create one with `circuitdistill discover`")
         try:
             return cls.model_validate(data)
         except ValidationError as e:

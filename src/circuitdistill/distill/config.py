@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..utils import read_json_file
+
 METHODS = ("full-kd", "logit-kd", "circuit-ce", "circuit-align", "circuit-random", "circuit")
 Method = Literal["full-kd", "logit-kd", "circuit-ce", "circuit-align", "circuit-random", "circuit"]
 HEAD_ONLY = ("circuit-ce", "circuit-align", "circuit-random", "circuit")
@@ -156,12 +158,7 @@ def load_config(cls: type[_Base], path: str | Path | None = None, **overrides) -
     data: dict = {}
     if path is not None:
         p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file {p} does not exist")
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+        data = read_json_file(p, "config file")
         if not isinstance(data, dict):
             raise ValueError(f"{p}: must hold a JSON object of {cls.__name__} fields")
         data = data.get("config", data) if "method" not in data and "config" in data else data

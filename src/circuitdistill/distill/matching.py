@@ -23,11 +23,12 @@ at most as many pairs as teacher heads).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..utils import read_json_file
 
 
 class Pair(BaseModel):
@@ -56,12 +57,7 @@ class Pairing(BaseModel):
 
 def load_pairing(path: str | Path) -> Pairing:
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"pairing file {p} does not exist; make one with: circuitdistill match ...")
-    try:
-        raw = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
+    raw = read_json_file(p, "pairing file", "; make one with: circuitdistill match ...")
     try:
         pairing = Pairing(**raw)
     except ValidationError as e:
