@@ -150,6 +150,28 @@ def generate(n: int, boxes: int, seed: int, tokenizers: list, corruption: str = 
     return [next(stream) for _ in range(n)]
 
 
+def splits_without_repeats(sizes: Sequence[int], vocab: Sequence[str], seed: int, disjoint: bool, make
+                           ) -> dict[str, list[TaskItem]]:
+    """train / validation / test from ``make(n, seed, vocab, split, exclude, extra_meta)``, no prompt repeated.
+
+    Split k is generated with seed ``seed * 1000 + k``. With ``disjoint`` the vocabulary is split in two seeded
+    halves: train uses one, validation and test the other (recorded in ``meta["vocab"]``).
+    """
+    if disjoint:
+        train_v, held_v = split_vocab(vocab, seed)
+        vocabs = {"train": train_v, "validation": held_v, "test": held_v}
+    else:
+        vocabs = {"train": vocab, "validation": vocab, "test": vocab}
+    out: dict[str, list[TaskItem]] = {}
+    seen: set[str] = set()
+    for k, (split, n) in enumerate(zip(("train", "validation", "test"), sizes)):
+        extra = {"vocab": ("train" if split == "train" else "heldout") if disjoint else "shared", "base_seed": seed}
+        items = make(n, seed * 1000 + k, vocabs[split], split, seen, extra)
+        seen.update(it.prompt for it in items)
+        out[split] = items
+    return out
+
+
 def make_splits(n_train: int, n_validation: int, n_test: int, boxes: int, seed: int, tokenizers: list,
                 corruption: str = "all", template: str = "prakash", disjoint_objects: bool = False,
                 objects: Sequence[str] | None = None) -> dict[str, list[TaskItem]]:
@@ -158,22 +180,11 @@ def make_splits(n_train: int, n_validation: int, n_test: int, boxes: int, seed: 
     With ``disjoint_objects`` the object vocabulary is split in two seeded halves: train uses one,
     validation and test the other (recorded in ``meta["vocab"]``).
     """
-    vocab = object_vocab(tokenizers, objects)
-    if disjoint_objects:
-        train_v, held_v = split_vocab(vocab, seed)
-        vocabs = {"train": train_v, "validation": held_v, "test": held_v}
-    else:
-        vocabs = {"train": vocab, "validation": vocab, "test": vocab}
-    out: dict[str, list[TaskItem]] = {}
-    seen: set[str] = set()
-    for k, (split, n) in enumerate((("train", n_train), ("validation", n_validation), ("test", n_test))):
-        extra = {"vocab": ("train" if split == "train" else "heldout") if disjoint_objects else "shared",
-                 "base_seed": seed}
-        items = generate(n, boxes, seed * 1000 + k, tokenizers, corruption, template, vocabs[split], None, split,
-                         exclude=seen, extra_meta=extra)
-        seen.update(it.prompt for it in items)
-        out[split] = items
-    return out
+    return splits_without_repeats(
+        (n_train, n_validation, n_test), object_vocab(tokenizers, objects), seed, disjoint_objects,
+        lambda n, k_seed, vocab, split, exclude, extra: generate(n, boxes, k_seed, tokenizers, corruption, template,
+                                                                  vocab, None, split, exclude=exclude,
+                                                                  extra_meta=extra))
 
 
 def parse_prompt(prompt: str, template: str = "prakash") -> tuple[dict[str, str], str]:

@@ -188,21 +188,10 @@ def make_splits(n_train: int, n_validation: int, n_test: int, seed: int, tokeniz
                 template: str = "story", disjoint_states: bool = False,
                 states: Sequence[str] | None = None) -> dict[str, list[TaskItem]]:
     """train / validation / test with no prompt repeated across splits; optionally disjoint state vocabularies."""
-    from .entity_tracking import split_vocab
+    from .entity_tracking import splits_without_repeats
 
-    vocab = state_vocab(tokenizers, states)
-    if disjoint_states:
-        train_v, held_v = split_vocab(vocab, seed)
-        vocabs = {"train": train_v, "validation": held_v, "test": held_v}
-    else:
-        vocabs = {"train": vocab, "validation": vocab, "test": vocab}
-    out: dict[str, list[TaskItem]] = {}
-    seen: set[str] = set()
-    for k, (split, n) in enumerate((("train", n_train), ("validation", n_validation), ("test", n_test))):
-        extra = {"vocab": ("train" if split == "train" else "heldout") if disjoint_states else "shared",
-                 "base_seed": seed}
-        items = generate(n, seed * 1000 + k, tokenizers, corruption, template, states=vocabs[split], split=split,
-                         exclude=seen, extra_meta=extra)
-        seen.update(it.prompt for it in items)
-        out[split] = items
-    return out
+    return splits_without_repeats(
+        (n_train, n_validation, n_test), state_vocab(tokenizers, states), seed, disjoint_states,
+        lambda n, k_seed, vocab, split, exclude, extra: generate(n, k_seed, tokenizers, corruption, template,
+                                                                  states=vocab, split=split, exclude=exclude,
+                                                                  extra_meta=extra))
