@@ -195,21 +195,17 @@ def stage_evaluate(cfg: ExperimentConfig, model_path: str, heads: list, data: di
             "faithfulness": acc_circ / acc_full if acc_full > 0 else None, "n": len(full)}
 
 
-def stage_random_control(cfg: ExperimentConfig, model_path: str, size: int, data: dict, d: Path) -> dict:
-    """Circuit-only accuracy of random head sets of the circuit's size (the faithfulness control)."""
-    from ..circuits.circuit import random_head_sets
+def stage_random_control(cfg: ExperimentConfig, model_path: str, circuit: str, data: dict, d: Path) -> dict:
+    """Circuit-only accuracy of random head sets of the circuit's size (the faithfulness control); same means
+    (whole-sequence, from 64 validation items) as the circuit-only evaluation of every row."""
+    from ..circuits.faithfulness import faithfulness_report
 
     model, tok = _load(model_path)
-    hooked = HookedLM(model, tok)
     test = load_items(data["test"])[:200]
-    reference = load_items(data["validation"])[:64]
-    sets = random_head_sets(hooked.shape.n_layers, hooked.shape.n_heads, size, cfg.n_random_sets, seed=cfg.data_seed)
-    accs = []
-    for s in sets:
-        _, circ = _circuit_eval(model, tok, test, list(s), reference, cfg.test_batch_size)
-        accs.append(sum(circ) / len(circ))
-    return {"random_circuit_accuracies": accs, "n_items": len(test), "size": size}
-
+    rep = faithfulness_report(model, tok, test, circuit, n_random=cfg.n_random_sets, seed=cfg.data_seed,
+                              batch_size=cfg.test_batch_size, reference_items=load_items(data["validation"])[:64],
+                              per_position=False)
+    return {"random_circuit_accuracies": rep["random"]["values"], "n_items": len(test), "size": rep["n_heads"]}
 
 def stage_mechanism(cfg: ExperimentConfig, student_path: str, teacher_path: str, pairs: list, base_student: str,
                     data: dict, d: Path) -> dict:
@@ -309,7 +305,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
         cfg, teacher, [list(h) for h in circuit.as_list()], data, d), deps=("discover",)).outputs
     if cfg.n_random_sets:
         results["teacher"]["random_control"] = R.run("random-teacher", pick("n_random_sets"), lambda d:
-                                                     stage_random_control(cfg, teacher, circuit.n_heads, data, d),
+                                                     stage_random_control(cfg, teacher, disc["circuit"], data, d),
                                                      deps=("discover",)).outputs
     cache = R.run("cache", {}, lambda d: stage_cache(cfg, teacher, data, d), deps=("teacher",)).outputs
 
