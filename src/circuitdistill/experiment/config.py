@@ -61,6 +61,12 @@ class ExperimentConfig(BaseModel):
     # ---- evaluation ----
     test_batch_size: int = Field(32, ge=1)
     n_random_sets: int = Field(3, ge=0, description="random head sets for the faithfulness control")
+    circuit_positions: Literal["final", "all"] = Field(
+        "final", description="circuit-only accuracy: where heads outside the circuit are mean-ablated. 'final' "
+        "matches where the circuit was discovered and where the alignment loss acts")
+    per_position_means: bool = Field(
+        True, description="ablation means per (right-aligned) position, as in Prakash et al.; False: one mean "
+        "per head over all positions (discovery found that version destroys every head set alike)")
     mechanism_items: int = Field(100, ge=4, description="items for interchange agreement and re-discovery")
     compare_items: int = Field(32, ge=4, description="items for the alignment score A (issue 7 analysis)")
     threads: int = Field(2, ge=1, description="torch CPU threads")

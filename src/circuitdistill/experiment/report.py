@@ -75,7 +75,12 @@ def write_report(results: dict, out: Path) -> Path:
     disc = results["teacher"]["circuit"]
     lines += [f"Teacher circuit: {disc['n_heads']} heads ({disc['share']:.1%} of all heads), found by "
               f"{disc.get('method', 'activation')} patching at the final position on validation items. "
-              "![teacher circuit](teacher_circuit.png)", ""]
+              "![teacher circuit](teacher_circuit.png)", "",
+              f"Circuit-only accuracy: every head outside the circuit (the teacher's circuit for the teacher, the "
+              f"matched student heads for students) mean-ablated at "
+              f"{'the final position' if cfg.get('circuit_positions', 'all') == 'final' else 'every position'}, with "
+              f"{'per-position' if cfg.get('per_position_means') else 'whole-sequence'} means over 64 validation "
+              "items.", ""]
     if Path(disc["heatmap"]).exists():
         (out / "teacher_circuit.png").write_bytes(Path(disc["heatmap"]).read_bytes())
     rc = results["teacher"].get("random_control")

@@ -170,15 +170,17 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
             "mean_step_time_s": summary["mean_step_time_s"]}
 
 
-def _circuit_eval(model, tok, items, heads, reference, batch_size) -> tuple[list[float], list[float]]:
+def _circuit_eval(model, tok, items, heads, reference, batch_size, positions: str = "final",
+                  per_position: bool = True) -> tuple[list[float], list[float]]:
     from ..circuits.ablation import mean_head_outputs
     from ..circuits.faithfulness import circuit_only_interventions
+    from ..circuits.ablation import parse_positions
     from ..tasks.scoring import evaluate
 
     hooked = HookedLM(model, tok)
     full = evaluate(model, tok, items, batch_size=batch_size)
-    means = mean_head_outputs(hooked, reference, batch_size=batch_size)
-    ivs = circuit_only_interventions(hooked, [tuple(h) for h in heads], means)
+    means = mean_head_outputs(hooked, reference, batch_size=batch_size, per_position=per_position)
+    ivs = circuit_only_interventions(hooked, [tuple(h) for h in heads], means, parse_positions(positions))
     circ = evaluate(model, tok, items, batch_size=batch_size, interventions=ivs, hooked=hooked)
     return full.per_item["accuracy"].tolist(), circ.per_item["accuracy"].tolist()
 
@@ -188,23 +190,25 @@ def stage_evaluate(cfg: ExperimentConfig, model_path: str, heads: list, data: di
     model, tok = _load(model_path)
     test = load_items(data["test"])
     reference = load_items(data["validation"])[:64]
-    full, circ = _circuit_eval(model, tok, test, heads, reference, cfg.test_batch_size)
+    full, circ = _circuit_eval(model, tok, test, heads, reference, cfg.test_batch_size, cfg.circuit_positions,
+                               cfg.per_position_means)
     write_json_atomic(d / "per_item.json", {"full": full, "circuit": circ})
     acc_full, acc_circ = sum(full) / len(full), sum(circ) / len(circ)
     return {"per_item": str(d / "per_item.json"), "full": acc_full, "circuit": acc_circ,
+            "circuit_ablation": {"positions": cfg.circuit_positions, "per_position_means": cfg.per_position_means},
             "faithfulness": acc_circ / acc_full if acc_full > 0 else None, "n": len(full)}
 
 
 def stage_random_control(cfg: ExperimentConfig, model_path: str, circuit: str, data: dict, d: Path) -> dict:
-    """Circuit-only accuracy of random head sets of the circuit's size (the faithfulness control); same means
-    (whole-sequence, from 64 validation items) as the circuit-only evaluation of every row."""
+    """Circuit-only accuracy of random head sets of the circuit's size (the faithfulness control); the same
+    means (64 validation items) and ablated positions as the circuit-only evaluation of every row."""
     from ..circuits.faithfulness import faithfulness_report
 
     model, tok = _load(model_path)
     test = load_items(data["test"])[:200]
     rep = faithfulness_report(model, tok, test, circuit, n_random=cfg.n_random_sets, seed=cfg.data_seed,
                               batch_size=cfg.test_batch_size, reference_items=load_items(data["validation"])[:64],
-                              per_position=False)
+                              per_position=cfg.per_position_means, positions=cfg.circuit_positions)
     return {"random_circuit_accuracies": rep["random"]["values"], "n_items": len(test), "size": rep["n_heads"]}
 
 def stage_mechanism(cfg: ExperimentConfig, student_path: str, teacher_path: str, pairs: list, base_student: str,
@@ -288,6 +292,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
     R = StageRunner(out, log=log)
     c = cfg.model_dump(mode="json")
     pick = lambda *keys: {k: c[k] for k in keys}  # noqa: E731 - the config fields a stage's key depends on
+    ev_key = pick("circuit_positions", "per_position_means", "n_test", "test_batch_size")
 
     models = R.run("models", pick("teacher_base", "student_base", "teacher", "student"),
                    lambda d: stage_models(cfg)).outputs
@@ -301,10 +306,10 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
 
     circuit = Circuit.load(disc["circuit"])
     results: dict = {"config": c, "teacher": {"model": teacher, "circuit": disc}, "variants": {}}
-    results["teacher"]["eval"] = R.run("eval-teacher", {}, lambda d: stage_evaluate(
+    results["teacher"]["eval"] = R.run("eval-teacher", ev_key, lambda d: stage_evaluate(
         cfg, teacher, [list(h) for h in circuit.as_list()], data, d), deps=("discover",)).outputs
     if cfg.n_random_sets:
-        results["teacher"]["random_control"] = R.run("random-teacher", pick("n_random_sets"), lambda d:
+        results["teacher"]["random_control"] = R.run("random-teacher", {**ev_key, **pick("n_random_sets")}, lambda d:
                                                      stage_random_control(cfg, teacher, disc["circuit"], data, d),
                                                      deps=("discover",)).outputs
     cache = R.run("cache", {}, lambda d: stage_cache(cfg, teacher, data, d), deps=("teacher",)).outputs
@@ -323,7 +328,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
                       lambda d: stage_match(cfg, teacher, student, disc["circuit"], data, d), deps=("discover",)).outputs
         vres["pairing"] = match
         heads = match["student_heads"]
-        base_eval = R.run(f"eval-{v}-base", {"s": student}, lambda d: stage_evaluate(cfg, student, heads, data, d),
+        base_eval = R.run(f"eval-{v}-base", {**ev_key, "s": student}, lambda d: stage_evaluate(cfg, student, heads, data, d),
                           deps=(f"match-{v}",)).outputs
         vres["rows"]["base student"] = {"seeds": {"-": base_eval}}
         vres["side_effects"] = {"base student": _optional(log, "side-effects", lambda: R.run(
@@ -340,7 +345,7 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
                                                    "eval_interval", "eval_items"), "method": method, "seed": seed},
                            lambda d: stage_train(cfg, method, seed, student, teacher, cache, match["pairing"], data, d),
                            deps=("cache", f"match-{v}")).outputs
-                ev = R.run(f"eval-{key}", {}, lambda d: stage_evaluate(cfg, tr["model"], heads, data, d),
+                ev = R.run(f"eval-{key}", ev_key, lambda d: stage_evaluate(cfg, tr["model"], heads, data, d),
                            deps=(f"train-{key}",)).outputs
                 row["seeds"][str(seed)] = {**ev, "log": tr["log"], "model": tr["model"]}
                 row["trainable"] = tr["trainable"]
