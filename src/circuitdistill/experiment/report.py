@@ -129,7 +129,10 @@ def write_report(results: dict, out: Path) -> Path:
         lines += _mechanism_lines(v)
     lines += ["## Wall time per stage", "", "| stage | seconds | cached |", "|---|---|---|"]
     lines += [f"| {k} | {t['seconds']:.0f} | {'yes' if t['cached'] else 'no'} |" for k, t in results["timings"].items()]
-    lines += ["", f"Versions: {json.dumps(results['provenance']['versions'])}", ""]
+    total = sum(t["seconds"] for t in results["timings"].values())
+    lines += ["", f"Sum of stage times: {total / 60:.1f} min (a cached stage counts the time of the run that made "
+              f"it; this invocation took {results['wall_seconds'] / 60:.1f} min).", "",
+              f"Versions: {json.dumps(results['provenance']['versions'])}", ""]
     write_text_atomic(out / "report.md", "\n".join(lines))
     return out / "report.md"
 

@@ -92,18 +92,25 @@ def stage_teacher(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> d
                      "teacher", cfg.task, cfg.teacher_steps, cfg.teacher_target, 3e-5, cfg.data_seed, cfg.threads)
 
 
+def _warm_recipe() -> dict:
+    from ..cli.train_task import WARMUP_BOXES, WARMUP_LR, WARMUP_TEMPLATE
+
+    return {"warm_lr": WARMUP_LR, "warm_boxes": list(WARMUP_BOXES), "warm_template": WARMUP_TEMPLATE}
+
+
 def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> dict:
-    from ..cli.train_task import _vocab_of, warmup_items
+    """The `circuitdistill warmup` recipe: fewer boxes, other wording, objects disjoint from validation/test."""
+    from ..cli.train_task import WARMUP_BOXES, WARMUP_LR, WARMUP_TEMPLATE, _vocab_of, warmup_items
 
     tok = _tokenizer(models["student_base"])
     val, test = load_items(data["validation"]), load_items(data["test"])
     avoid = _vocab_of(val) | _vocab_of(test)
-    template = "crate" if cfg.task == "entity-tracking" else "alt"
-    boxes = [b for b in (2, 3, 4) if b < cfg.boxes] or [2]
-    items, variant = warmup_items(cfg.task, tok, cfg.data_seed, max(cfg.n_train, 64), avoid, boxes, template)
+    boxes = [b for b in WARMUP_BOXES if b < cfg.boxes] or [2]
+    items, variant = warmup_items(cfg.task, tok, cfg.data_seed, max(cfg.n_train, 64), avoid, boxes,
+                                  WARMUP_TEMPLATE[cfg.task])
     save_items(d / "warmup.jsonl", items)
     res = _finetune(models["student_base"], items, val, d, "warmup", cfg.task, cfg.warm_steps, cfg.warm_target,
-                    1e-5 if cfg.preset != "tiny" else 1e-3, cfg.data_seed, cfg.threads)
+                    WARMUP_LR if cfg.preset != "tiny" else 1e-3, cfg.data_seed, cfg.threads)
     res["variant"] = variant
     return res
 
@@ -128,6 +135,7 @@ def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str,
     n_student_heads = HookedLM(_load(student)[0]).shape.n_total_heads
     mcfg = MatchConfig(teacher=teacher, student=student, circuit=circuit, data=data["validation"], out=str(d),
                        by=cfg.match_by, max_items=cfg.match_items, budget=cfg.head_budget,
+                       ablation_positions=cfg.match_positions,
                        assignment="hungarian" if cfg.one_to_one else "nearest", seed=cfg.data_seed,
                        num_threads=cfg.threads)
     pairing = match(mcfg)
@@ -161,7 +169,11 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
     from safetensors.torch import load_file
 
     missing, unexpected = model.load_state_dict(load_file(str(d / "weights.safetensors")), strict=False)
-    tied = {k for k in missing if model.config.tie_word_embeddings and k.endswith("lm_head.weight")}
+    # tied input/output embeddings are one tensor; the weights file may hold it under either name
+    tied = set()
+    if getattr(model.config, "tie_word_embeddings", False):
+        emb = {model.get_input_embeddings().weight, model.get_output_embeddings().weight}
+        tied = {k for k, p in model.named_parameters(remove_duplicate=False) if any(p is e for e in emb)}
     if unexpected or set(missing) - tied:
         raise RuntimeError(f"trained weights do not fit the student: missing {missing}, unexpected {unexpected}")
     save_model_dir(model, tok, d / "model", {"name": f"experiment-{method}-s{seed}",
@@ -228,8 +240,11 @@ def stage_mechanism(cfg: ExperimentConfig, student_path: str, teacher_path: str,
     # ablation profiles over matched pairs: does each student head now matter as much as its partner?
     s_heads = sorted({s for s, _ in pairs_t})
     t_heads = sorted({t for _, t in pairs_t})
-    s_sweep = head_ablation_sweep(sh, val, metric="accuracy", mode="mean", heads=s_heads, progress=False)
-    t_sweep = head_ablation_sweep(th, val, metric="accuracy", mode="mean", heads=t_heads, progress=False)
+    # ablated where matching ablated them, so the profile compares the quantities the pairing was built from
+    s_sweep = head_ablation_sweep(sh, val, metric="accuracy", mode="mean", heads=s_heads, progress=False,
+                                  positions=cfg.match_positions)
+    t_sweep = head_ablation_sweep(th, val, metric="accuracy", mode="mean", heads=t_heads, progress=False,
+                                  positions=cfg.match_positions)
     s_base, t_base = baseline(sh, val, "accuracy"), baseline(th, val, "accuracy")
     ds = [s_base - float(s_sweep[s]) for s, _ in pairs_t]
     dt = [t_base - float(t_sweep[t]) for _, t in pairs_t]
@@ -265,7 +280,7 @@ def stage_alignment(cfg: ExperimentConfig, teacher_path: str, student_path: str,
 
     ccfg = CompareConfig(teacher=teacher_path, student=student_path, data=data["validation"], out=d,
                          n_items=cfg.compare_items, seed=cfg.data_seed, threads=cfg.threads, progress=False,
-                         n_boot=200)
+                         n_boot=200, prune=False)  # A needs influences and matching only; pruning ~doubles the cost
     res = run_compare(ccfg)
     return {"alignment_score": res["alignment_score"], "compare": str(d / "compare.json")}
 
@@ -319,12 +334,13 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
         if v == "cold":
             variants["cold"] = models["student_base"]
         else:
-            variants["warm"] = R.run("student-warm", pick("warm_target", "warm_steps", "threads", "preset"),
+            variants["warm"] = R.run("student-warm", {**pick("warm_target", "warm_steps", "threads", "preset"), **_warm_recipe()},
                                      lambda d: stage_warm_student(cfg, models, data, d), deps=("data",)).outputs["model"]
     for v, student in variants.items():
         vres: dict = {"student": student, "rows": {}}
         results["variants"][v] = vres
-        match = R.run(f"match-{v}", {**pick("match_by", "match_items", "head_budget", "one_to_one"), "s": student},
+        match = R.run(f"match-{v}", {**pick("match_by", "match_items", "head_budget", "one_to_one", "match_positions"),
+                                          "s": student},
                       lambda d: stage_match(cfg, teacher, student, disc["circuit"], data, d), deps=("discover",)).outputs
         vres["pairing"] = match
         heads = match["student_heads"]
@@ -349,14 +365,16 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
                            deps=(f"train-{key}",)).outputs
                 row["seeds"][str(seed)] = {**ev, "log": tr["log"], "model": tr["model"]}
                 row["trainable"] = tr["trainable"]
-                if seed == cfg.seeds[0]:
+                if seed != cfg.seeds[0]:
+                    continue
+                vres["side_effects"][method] = _optional(log, "side-effects", lambda: R.run(
+                    f"ppl-{key}", {}, lambda d: stage_side_effects(cfg, tr["model"], d),
+                    deps=(f"train-{key}",)).outputs)
+                if cfg.analyze_methods is None or method in cfg.analyze_methods:
                     pairs = [[p0, p1] for p0, p1 in zip(heads, _pair_teachers(match["pairing"]))]
                     vres["mechanism"][method] = _optional(log, "mechanism", lambda: R.run(
-                        f"mech-{key}", pick("mechanism_items", "n_random_sets"),
+                        f"mech-{key}", pick("mechanism_items", "n_random_sets", "match_positions"),
                         lambda d: stage_mechanism(cfg, tr["model"], teacher, pairs, student, data, d),
-                        deps=(f"train-{key}",)).outputs)
-                    vres["side_effects"][method] = _optional(log, "side-effects", lambda: R.run(
-                        f"ppl-{key}", {}, lambda d: stage_side_effects(cfg, tr["model"], d),
                         deps=(f"train-{key}",)).outputs)
                     vres["alignment"][method] = _optional(log, "alignment", lambda: R.run(
                         f"align-{key}", pick("compare_items"),
