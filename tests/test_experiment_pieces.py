@@ -110,3 +110,21 @@ def test_perplexity_matches_a_direct_computation_and_ignores_padding():
             n += ids.shape[1] - 1
     assert perplexity(model, tok, texts, batch_size=2) == pytest.approx(math.exp(nll / n), rel=1e-5)
     assert tok.padding_side == "left"  # restored
+
+
+def test_experiment_set_overrides_parse_and_validate(tmp_path):
+    from typer.testing import CliRunner
+
+    from circuitdistill.cli.experiment import parse_overrides
+    from circuitdistill.cli.main import app
+
+    assert parse_overrides(["compare_items=16", "analyze_methods=null", "estimator=debiased"]) == {
+        "compare_items": 16, "analyze_methods": None, "estimator": "debiased"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["compare_items"])
+    run = CliRunner().invoke(app, ["experiment", "--preset", "tiny", "--out", str(tmp_path), "--set", "no_such=1"])
+    assert run.exit_code == 2 and "no such field" in run.output
+    run = CliRunner().invoke(app, ["experiment", "--preset", "tiny", "--out", str(tmp_path),
+                                   "--set", "analyze_methods=[\"nope\"]"])
+    assert run.exit_code == 2 and "unknown methods" in run.output
+    assert not (tmp_path / "config.json").exists()  # nothing ran

@@ -24,6 +24,8 @@ def experiment_cmd(
     estimator: Optional[str] = typer.Option(None, help="override: biased | debiased"),
     n_test: Optional[int] = typer.Option(None, help="override: test items"),
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    set_: list[str] = typer.Option([], "--set", help="override any ExperimentConfig field: KEY=VALUE, VALUE as "
+                                   "JSON (e.g. --set compare_items=16 --set analyze_methods=null); repeatable"),
 ):
     """Reproduce the paper's table: teacher, discovery, matching, every method row, evaluation, report.
 
@@ -34,11 +36,16 @@ def experiment_cmd(
     from ..experiment.runner import run_experiment
 
     try:
+        extra = parse_overrides(set_)
         cfg = make_preset(preset, task, out, teacher=teacher, student=student, teacher_base=teacher_base,
                           student_base=student_base, steps=steps, lam=lam, lr=lr, head_lr=head_lr,
                           estimator=estimator, n_test=n_test, threads=threads,
                           seeds=[int(s) for s in seeds.split(",")] if seeds else None,
                           methods=[m.strip() for m in methods.split(",")] if methods else None)
+        for key, value in extra.items():
+            if key not in type(cfg).model_fields:
+                raise ValueError(f"--set {key}: no such field; see ExperimentConfig in experiment/config.py")
+            setattr(cfg, key, value)  # validated (validate_assignment)
     except (ValidationError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
@@ -46,6 +53,22 @@ def experiment_cmd(
     typer.echo("")
     typer.echo((__import__("pathlib").Path(cfg.out) / "report.md").read_text())
     typer.echo(f"report: {cfg.out}/report.md  results: {cfg.out}/results.json  ({results['wall_seconds'] / 60:.1f} min)")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """["k=v", ...] -> {k: json(v)}; a value that is not JSON stays a string."""
+    import json
+
+    out = {}
+    for p in pairs:
+        key, sep, raw = p.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {p!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
 
 
 def register(app: typer.Typer) -> None:
