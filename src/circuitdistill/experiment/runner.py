@@ -184,9 +184,8 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
 
 def _circuit_eval(model, tok, items, heads, reference, batch_size, positions: str = "final",
                   per_position: bool = True) -> tuple[list[float], list[float]]:
-    from ..circuits.ablation import mean_head_outputs
+    from ..circuits.ablation import mean_head_outputs, parse_positions
     from ..circuits.faithfulness import circuit_only_interventions
-    from ..circuits.ablation import parse_positions
     from ..tasks.scoring import evaluate
 
     hooked = HookedLM(model, tok)
