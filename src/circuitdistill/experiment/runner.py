@@ -22,6 +22,7 @@ from .config import ExperimentConfig
 from .stages import StageRunner
 
 SHORT = {"entity-tracking": "et", "tom": "tom"}
+MEAN_REFERENCE_ITEMS = 64  # validation items whose head outputs give the ablation means of every circuit-only run
 
 
 def _tokenizer(path: str):
@@ -100,17 +101,18 @@ def _warm_recipe() -> dict:
 
 def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> dict:
     """The `circuitdistill warmup` recipe: fewer boxes, other wording, objects disjoint from validation/test."""
-    from ..cli.train_task import WARMUP_BOXES, WARMUP_LR, WARMUP_TEMPLATE, _vocab_of, warmup_items
+    from ..cli.train_task import _vocab_of, warmup_items
 
+    recipe = _warm_recipe()
     tok = _tokenizer(models["student_base"])
     val, test = load_items(data["validation"]), load_items(data["test"])
     avoid = _vocab_of(val) | _vocab_of(test)
-    boxes = [b for b in WARMUP_BOXES if b < cfg.boxes] or [2]
+    boxes = [b for b in recipe["warm_boxes"] if b < cfg.boxes] or [2]
     items, variant = warmup_items(cfg.task, tok, cfg.data_seed, max(cfg.n_train, 64), avoid, boxes,
-                                  WARMUP_TEMPLATE[cfg.task])
+                                  recipe["warm_template"][cfg.task])
     save_items(d / "warmup.jsonl", items)
     res = _finetune(models["student_base"], items, val, d, "warmup", cfg.task, cfg.warm_steps, cfg.warm_target,
-                    WARMUP_LR if cfg.preset != "tiny" else 1e-3, cfg.data_seed, cfg.threads)
+                    recipe["warm_lr"] if cfg.preset != "tiny" else 1e-3, cfg.data_seed, cfg.threads)
     res["variant"] = variant
     return res
 
@@ -166,16 +168,10 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
                          num_threads=cfg.threads)
     summary = train(dcfg, resume=True, progress=True)
     model, tok = _load(student)
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model as load_weights
 
-    missing, unexpected = model.load_state_dict(load_file(str(d / "weights.safetensors")), strict=False)
-    # tied input/output embeddings are one tensor; the weights file may hold it under either name
-    tied = set()
-    if getattr(model.config, "tie_word_embeddings", False):
-        emb = {model.get_input_embeddings().weight, model.get_output_embeddings().weight}
-        tied = {k for k, p in model.named_parameters(remove_duplicate=False) if any(p is e for e in emb)}
-    if unexpected or set(missing) - tied:
-        raise RuntimeError(f"trained weights do not fit the student: missing {missing}, unexpected {unexpected}")
+    # the twin of the trainer's safetensors.save_model: it knows tied embeddings are stored once
+    load_weights(model, str(d / "weights.safetensors"), strict=True)
     save_model_dir(model, tok, d / "model", {"name": f"experiment-{method}-s{seed}",
                                              "distill": dcfg.model_dump(mode="json")})
     return {"model": str(d / "model"), "log": str(d / "log.jsonl"), "trainable": summary["trainable"],
@@ -200,7 +196,7 @@ def stage_evaluate(cfg: ExperimentConfig, model_path: str, heads: list, data: di
     """Full and circuit-only accuracy on the test split, per item (for McNemar)."""
     model, tok = _load(model_path)
     test = load_items(data["test"])
-    reference = load_items(data["validation"])[:64]
+    reference = load_items(data["validation"])[:MEAN_REFERENCE_ITEMS]
     full, circ = _circuit_eval(model, tok, test, heads, reference, cfg.test_batch_size, cfg.circuit_positions,
                                cfg.per_position_means)
     write_json_atomic(d / "per_item.json", {"full": full, "circuit": circ})
@@ -217,8 +213,9 @@ def stage_random_control(cfg: ExperimentConfig, model_path: str, circuit: str, d
 
     model, tok = _load(model_path)
     test = load_items(data["test"])[:200]
+    reference = load_items(data["validation"])[:MEAN_REFERENCE_ITEMS]
     rep = faithfulness_report(model, tok, test, circuit, n_random=cfg.n_random_sets, seed=cfg.data_seed,
-                              batch_size=cfg.test_batch_size, reference_items=load_items(data["validation"])[:64],
+                              batch_size=cfg.test_batch_size, reference_items=reference,
                               per_position=cfg.per_position_means, positions=cfg.circuit_positions)
     return {"random_circuit_accuracies": rep["random"]["values"], "n_items": len(test), "size": rep["n_heads"]}
 
