@@ -4,7 +4,8 @@ Prints, on one model and one item set (final-position activation patching, corru
 log-prob of the answer):
   1. naive loop: one head at a time, a full forward pass per head and item batch;
   2. batched exact sweep: many heads per pass (per-row head masks) on top of the shared key/value prefix;
-  3. AtP: one clean forward/backward + one corrupted forward;
+  3. AtP: one clean forward/backward + one corrupted forward (at the final position the backward pass
+     and every --ig-steps step run the final token alone on the shared prefix);
 and the Spearman correlation of AtP with the exact scores over all heads and over the top 30 heads
 (by |exact effect|), plus the largest |batched - naive| difference on the heads the naive loop ran.
 
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--rows-per-pass", type=int, default=None)
     ap.add_argument("--naive-heads", type=int, default=27, help="heads the naive loop runs (0 = all)")
     ap.add_argument("--positions", default="final", choices=["final", "all"])
+    ap.add_argument("--ig-steps", type=int, default=0, help="AtP integrated-gradient steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
@@ -78,10 +80,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     atp = attribution_patching(hk, items, "logprob", "corrupted", positions=args.positions,
-                               batch_size=args.batch_size, progress=False)
+                               ig_steps=args.ig_steps, batch_size=args.batch_size, progress=False)
     t_atp = time.perf_counter() - t0
-
-
 
     clean = baseline(hk, items, "logprob", args.batch_size)
     eff = (exact - clean).flatten()
@@ -96,7 +96,8 @@ def main() -> None:
     print(f"{'':38} {'seconds':>9} {'vs batched':>11}")
     print(f"{'naive loop (1 head/pass, full fwd)':38} {t_naive:9.1f} {t_naive / t_batched:10.1f}x   [{naive_label}]")
     print(f"{'batched exact sweep':38} {t_batched:9.1f} {1.0:10.1f}x")
-    print(f"{'AtP (1 fwd+bwd clean, 1 fwd corr.)':38} {t_atp:9.1f} {t_atp / t_batched:10.3f}x")
+    atp_label = f"AtP ({args.ig_steps} IG steps)" if args.ig_steps else "AtP (1 fwd+bwd clean, 1 fwd corr.)"
+    print(f"{atp_label:38} {t_atp:9.1f} {t_atp / t_batched:10.3f}x")
     print()
     print(f"speed-up batched vs naive:   {t_naive / t_batched:6.1f}x   (target >= 3x)")
     print(f"speed-up AtP vs batched:     {t_batched / t_atp:6.1f}x   (target >= 20x)")

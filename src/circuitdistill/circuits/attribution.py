@@ -13,11 +13,17 @@ head of every layer moved together along the straight line (integrated gradients
 output space). That costs ``ig_steps`` more forward/backward passes and corrects much of the first-
 order error for heads whose effect saturates.
 
+Final-position AtP (``positions="final"``) shares the key/value prefix the way the exact sweep does:
+the prompt minus its last token runs once without gradients, and the clean forward/backward (and every
+IG step) runs the final token alone on a copy of that cache. A head's output at the final position can
+only reach the logits through the final token, so the gradient is the same as through a full pass
+(tested), and the backward pass and each IG step cost one token instead of the whole prompt.
+
 The model is always put in eval mode for this (dropout would make the gradient noise).
 """
 from __future__ import annotations
 
-import time
+import copy
 from typing import Literal, Sequence
 
 import torch
@@ -44,8 +50,11 @@ def _align(src: torch.Tensor, p: int) -> torch.Tensor:
 def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "logprob",
                          replacement: Literal["corrupted", "mean", "zero"] = "corrupted", positions=None,
                          ig_steps: int = 0, means: dict | None = None, batch_size: int = 32,
-                         progress: bool = True) -> torch.Tensor:
-    """Estimated mean change of ``metric`` when each head's output is replaced: [n_layers, n_heads]."""
+                         progress: bool = True, prefix_cache: bool = True) -> torch.Tensor:
+    """Estimated mean change of ``metric`` when each head's output is replaced: [n_layers, n_heads].
+
+    ``prefix_cache=False`` forces full forward/backward passes for final-position AtP (the reference the
+    shared-prefix path is tested against)."""
     check_metric(metric)
     if metric not in DIFFERENTIABLE:
         raise ValueError(f"attribution patching needs a differentiable metric ({', '.join(DIFFERENTIABLE)}); "
@@ -85,11 +94,28 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                 target = {h: means[h].to(torch.float32).expand(b, p, s.n_heads, s.d_head) for h in hooks}
             else:
                 target = {h: torch.zeros(b, p, s.n_heads, s.d_head) for h in hooks}
+            cached = prefix_cache and pos == [-1] and p > 1
+            if cached:  # gradients at the final position only need the final token (module docstring)
+                pid = inputs["position_ids"]
+                with torch.no_grad():
+                    prefix = model(input_ids=clean["input_ids"][:, :-1], attention_mask=clean["attention_mask"][:, :-1],
+                                   position_ids=pid[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
+                target = {h: t[:, -1:] for h, t in target.items()}
+                q = 1
+
+                def step_inputs():
+                    return {"input_ids": clean["input_ids"][:, -1:], "attention_mask": clean["attention_mask"],
+                            "position_ids": pid[:, -1:], "past_key_values": copy.deepcopy(prefix), "use_cache": True}
+            else:
+                q = p
+
+                def step_inputs():
+                    return inputs
             # clean forward/backward: gradients at z (through add-zero leaves) and the clean z itself
-            leaves = {h: torch.zeros(b, p, s.n_heads, s.d_head, requires_grad=True) for h in hooks}
+            leaves = {h: torch.zeros(b, q, s.n_heads, s.d_head, requires_grad=True) for h in hooks}
             ivs = [Intervention(h, "add", None, None, leaves[h]) for h in hooks]
             with torch.enable_grad(), hooked.hooks(record=hooks, interventions=ivs) as rec:
-                out = model(**inputs, logits_to_keep=1)
+                out = model(**step_inputs(), logits_to_keep=1)
                 m = per_item(metric, final_logits(out.logits), clean).sum()
                 grads = torch.autograd.grad(m, [leaves[h] for h in hooks])
             z = {h: rec[h].detach() for h in hooks}
@@ -101,11 +127,15 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                     pts = {h: (z[h] + a * delta[h]).requires_grad_(True) for h in hooks}
                     ivs = [Intervention(h, "patch", None, None, pts[h]) for h in hooks]
                     with torch.enable_grad(), hooked.hooks(interventions=ivs):
-                        out = model(**inputs, logits_to_keep=1)
+                        out = model(**step_inputs(), logits_to_keep=1)
                         m = per_item(metric, final_logits(out.logits), clean).sum()
                         gs = torch.autograd.grad(m, [pts[h] for h in hooks])
                     for j, g in enumerate(gs):
                         grads[j] += g / ig_steps
+            if cached:  # only the final position was computed; the selection below covers it alone
+                for l, h in enumerate(hooks):
+                    total[l] += (delta[h] * grads[l]).sum(dim=(0, 1, 3)).double()
+                continue
             sel = torch.zeros(b, p, 1, 1)
             if pos is None:
                 sel[:] = 1
