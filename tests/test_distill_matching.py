@@ -12,7 +12,7 @@ from circuitdistill.circuits.ablation import mean_head_outputs
 from circuitdistill.circuits.circuit import Circuit, CircuitHead
 from circuitdistill.distill.cka import cka
 from circuitdistill.distill.config import MatchConfig
-from circuitdistill.distill.matching import load_pairing, match, pair_heads
+from circuitdistill.distill.matching import load_pairing, match, pair_heads, pairing_warnings
 from circuitdistill.models.hooks import HookedLM, hook_name, mean_ablate
 from circuitdistill.models.registry import load_model
 from circuitdistill.tasks.io import load_items
@@ -29,6 +29,17 @@ def test_nearest_is_many_to_one_and_respects_budget_and_order():
     assert got == [(2, 1), (0, 0), (3, 0)]  # largest relevance first; teacher 0 taken twice
     got = pair_heads(dist, lambda i: dist[i].min(), [0, 1, 2], budget=2, assignment="nearest")
     assert got == [(0, 0), (1, 0)]
+
+
+def test_a_pairing_collapsed_onto_one_teacher_head_is_flagged():
+    collapsed = [{"student": [l, 0], "teacher": [3, 1]} for l in range(5)] + [{"student": [5, 0], "teacher": [2, 0]}]
+    spread = [{"student": [l, 0], "teacher": [l % 3, 1]} for l in range(6)]
+    w = pairing_warnings(collapsed, n_teacher_heads=4)
+    assert len(w) == 1 and "5 of 6" in w[0] and "L3.H1" in w[0]
+    assert pairing_warnings(spread, n_teacher_heads=4) == []
+    ties = pairing_warnings(spread, n_teacher_heads=4, dpt=[0.1, 0.1, 0.1, 0.2])
+    assert len(ties) == 1 and "2 distinct" in ties[0]
+    assert pairing_warnings(spread, n_teacher_heads=4, dpt=[0.1, 0.2, 0.3, 0.4]) == []
 
 
 def test_hungarian_is_the_optimal_one_to_one_assignment():
@@ -93,6 +104,7 @@ def test_ablation_effects_match_a_direct_loop(world, tmp_path, baseline):
     # the file is what training reads
     assert load_pairing(tmp_path / "pairing.json").student_heads == [tuple(p["student"]) for p in doc["pairs"]]
     assert doc["seed"] == 0 and doc["timing_s"]["student_sweep_s"] > 0
+    assert doc["warnings"] == pairing_warnings(doc["pairs"], 3, list(doc["dP_teacher"].values()))
 
 
 def test_match_by_cka_uses_activation_similarity(world, tmp_path):

@@ -74,6 +74,29 @@ def test_interchange_agreement_of_a_model_with_itself_is_perfect():
     r = interchange_agreement(hm, hm, _items(tok), pairs, n_random=2, seed=0)
     assert r["matched"]["agreement"] == 1.0 and r["matched"]["flip_agreement"] == 1.0
     assert r["student_heads"] == [(0, 1), (1, 2)]
+    m = r["matched"]
+    assert m["n_both_flip"] == round(m["student_flip_rate"] * 2)  # a model flips exactly where it flips
+    assert m["agreement_when_both_flip"] in (None, 1.0)
+    assert m["student_takes_corrupted_answer"] == m["teacher_takes_corrupted_answer"]
+
+
+def test_interchange_counts_agreement_only_where_both_models_flip():
+    # Teacher: every head of a one-layer model patched, so its final residual is the corrupted run's and it
+    # flips wherever the corrupted prediction differs from the clean one. Student: a different model.
+    tok = gpt2_tokenizer()
+    items = _items(tok)
+    teacher = HookedLM(tiny_model("llama", seed=0, n_layers=1), tok)
+    student = HookedLM(tiny_model("llama", seed=5, n_layers=1), tok)
+    pairs = [((0, h), (0, h)) for h in range(4)]
+    r = interchange_agreement(student, teacher, items, pairs, n_random=1, seed=0)["matched"]
+    s_clean, s_patch = patched_predictions(student, items, [(0, h) for h in range(4)])
+    t_clean, t_patch = patched_predictions(teacher, items, [(0, h) for h in range(4)])
+    both = [i for i in range(len(items)) if s_patch[i] != s_clean[i] and t_patch[i] != t_clean[i]]
+    assert r["n_both_flip"] == len(both)
+    expect = sum(s_patch[i] == t_patch[i] for i in both) / len(both) if both else None
+    assert r["agreement_when_both_flip"] == expect
+    corr = [it.corrupted_answer.strip() for it in items]
+    assert r["teacher_takes_corrupted_answer"] == sum(a == c for a, c in zip(t_patch, corr)) / len(items)
 
 
 def test_patching_every_head_from_the_corrupted_run_gives_its_final_prediction():

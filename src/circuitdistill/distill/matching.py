@@ -23,6 +23,7 @@ at most as many pairs as teacher heads).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,6 +71,24 @@ def load_pairing(path: str | Path) -> Pairing:
                              "each student head has one teacher partner")
         seen.add(pair.student)
     return pairing
+
+
+def pairing_warnings(pairs: list[dict], n_teacher_heads: int, dpt=None) -> list[str]:
+    """Say when a pairing has collapsed onto few teacher heads: the alignment loss would then pull many
+    student heads towards one teacher head's representation."""
+    from collections import Counter
+
+    counts = Counter(tuple(p["teacher"]) for p in pairs)
+    out = []
+    (top, n_top), = counts.most_common(1)
+    if n_teacher_heads > 1 and len(pairs) >= 4 and n_top > len(pairs) / 2:
+        out.append(f"{n_top} of {len(pairs)} student heads pair with one teacher head, L{top[0]}.H{top[1]} "
+                   f"({len(counts)} distinct partners of {n_teacher_heads} circuit heads)")
+    if dpt is not None and n_teacher_heads > 1 and len(set(round(float(v), 9) for v in dpt)) <= 2:
+        out.append(f"the teacher circuit's ablation effects take only {len(set(round(float(v), 9) for v in dpt))} "
+                   "distinct value(s): the distances cannot tell its heads apart, and ties go to the first head. "
+                   "Use more items (max_items), by='cka', or assignment='hungarian'")
+    return out
 
 
 def _budget(cfg, n_total: int) -> int:
@@ -198,7 +217,10 @@ def match(cfg, progress: bool = True) -> Pairing:
         else:
             p["cka"] = float(1.0 - dist[i, j])
         pairs.append(p)
-    doc = {"pairs": pairs, "student_model": cfg.student, "teacher_model": cfg.teacher,
+    warns = pairing_warnings(pairs, len(t_heads), dpt)
+    for w in warns:
+        warnings.warn(f"matching: {w}", stacklevel=2)
+    doc = {"pairs": pairs, "student_model": cfg.student, "teacher_model": cfg.teacher, "warnings": warns,
            "teacher_heads": [list(h) for h in t_heads], "n_student_heads": len(s_heads),
            "n_pairs": len(pairs), "budget": _budget(cfg, len(s_heads)), "n_items": len(items),
            "data_sha256": sha256_file(cfg.data), "circuit_sha256": sha256_file(cfg.circuit),

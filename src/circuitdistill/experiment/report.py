@@ -93,8 +93,9 @@ def write_report(results: dict, out: Path) -> Path:
     for vname, v in results["variants"].items():
         lines += [f"## Student: {vname} (`{v['student']}`)", "",
                   f"Matched student heads: {v['pairing']['n_pairs']} of {v['pairing']['n_student_heads']} "
-                  f"({v['pairing']['n_pairs'] / v['pairing']['n_student_heads']:.1%}).", "",
-                  "| method | accuracy full | accuracy circuit | faithfulness | trainable heads | trainable params "
+                  f"({v['pairing']['n_pairs'] / v['pairing']['n_student_heads']:.1%}).", ""]
+        lines += [f"**Matching warning:** {w}." for w in _pairing_warnings(v["pairing"])]
+        lines += ["", "| method | accuracy full | accuracy circuit | faithfulness | trainable heads | trainable params "
                   "| A (alignment) | perplexity | McNemar p vs `circuit` |",
                   "|---|---|---|---|---|---|---|---|---|"]
         rows = table_rows(results, vname)
@@ -213,16 +214,42 @@ def _mechanism_lines(v: dict) -> list[str]:
     if not mech:
         return []
     lines = ["### Mechanism verification (first seed)", "",
-             "| method | interchange agreement (matched) | (random pairs) | flip agreement (matched / random) | "
-             "ablation-profile Spearman | re-discovered circuit on matched heads (chance) |",
-             "|---|---|---|---|---|---|"]
+             "Interchange: the corrupted run's outputs of the matched student heads and of their teacher partners "
+             "are patched in at the final position. *Agreement* = both patched models give the same answer; "
+             "*when both flip* = the same, among items where both changed their answer (n); *flip rates* and "
+             "*takes corrupted answer* (student / teacher) show whether the patch moved the answer at all.", "",
+             "| method | agreement matched (random) | when both flip: matched (random) | flip rate s / t | "
+             "takes corrupted answer s / t | flip agreement matched / random | ablation-profile Spearman | "
+             "re-discovered circuit on matched heads (chance) |",
+             "|---|---|---|---|---|---|---|---|"]
     for method, m in mech.items():
         if "error" in m:
-            lines.append(f"| {method} | failed: {m['error']} | | | | |")
+            lines.append(f"| {method} | failed: {m['error']} | | | | | | |")
             continue
         it, pr, rd = m["interchange"], m["ablation_profile"], m["rediscovery"]
+        mi, ra = it["matched"], it["random_mean"]
         sp = f"{pr['spearman']:.2f}" if "spearman" in pr else "–"
-        lines.append(f"| {method} | {it['matched']['agreement']:.3f} | {it['random_mean']['agreement']:.3f} | "
-                     f"{it['matched']['flip_agreement']:.3f} / {it['random_mean']['flip_agreement']:.3f} | {sp} | "
+        lines.append(f"| {method} | {mi['agreement']:.3f} ({ra['agreement']:.3f}) | "
+                     f"{_f(mi.get('agreement_when_both_flip'))} (n={mi.get('n_both_flip', '–')}) "
+                     f"({_f(ra.get('agreement_when_both_flip'))}) | "
+                     f"{mi['student_flip_rate']:.2f} / {mi['teacher_flip_rate']:.2f} | "
+                     f"{_f(mi.get('student_takes_corrupted_answer'))} / {_f(mi.get('teacher_takes_corrupted_answer'))} | "
+                     f"{mi['flip_agreement']:.3f} / {ra['flip_agreement']:.3f} | {sp} | "
                      f"{rd['overlap_with_matched']:.2f} ({rd['chance']:.2f}) |")
     return lines + [""]
+
+
+def _pairing_warnings(stage_out: dict) -> list[str]:
+    """Recomputed from pairing.json, so runs cached before the check existed are flagged too."""
+    from ..distill.matching import pairing_warnings
+
+    path = Path(stage_out.get("pairing", ""))
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    dpt = list(doc["dP_teacher"].values()) if "dP_teacher" in doc else None
+    return pairing_warnings(doc["pairs"], len(doc.get("teacher_heads", [])), dpt)
+
+
+def _f(x) -> str:
+    return "–" if x is None else f"{x:.2f}"
