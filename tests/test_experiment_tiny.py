@@ -55,3 +55,8 @@ def test_tiny_experiment_writes_every_artifact_and_reuses_its_stages(tiny_pair, 
     assert all(t["cached"] for t in res2["timings"].values())
     assert res2["variants"]["warm"]["rows"]["circuit"]["seeds"]["0"]["full"] == \
         res["variants"]["warm"]["rows"]["circuit"]["seeds"]["0"]["full"]
+    # a lambda change retrains only the rows whose loss has the alignment term
+    logs.clear()
+    res3 = run_experiment(cfg.model_copy(update={"lam": cfg.lam * 2}), log=logs.append)
+    retrained = {k for k, t in res3["timings"].items() if k.startswith("train-") and not t["cached"]}
+    assert retrained == {"train-warm-circuit-random-s0", "train-warm-circuit-s0"}

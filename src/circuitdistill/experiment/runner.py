@@ -18,6 +18,7 @@ from ..models.registry import BUILTINS, load_model, prepare, resolve, save_model
 from ..tasks.io import load_items, save_items
 from ..tasks.schema import TaskItem
 from ..utils import provenance, write_json_atomic
+from ..distill.config import HEAD_ONLY, USES_CKA
 from .config import ExperimentConfig
 from .stages import StageRunner
 
@@ -353,8 +354,13 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
             row = vres["rows"].setdefault(method, {"seeds": {}})
             for seed in cfg.seeds:
                 key = f"{v}-{method}-s{seed}"
-                tr = R.run(f"train-{key}", {**pick("steps", "batch_size", "lr", "head_lr", "lam", "estimator",
-                                                   "eval_interval", "eval_items"), "method": method, "seed": seed},
+                # a row is keyed only by the settings its loss reads, so a lambda sweep never retrains full-kd
+                knobs = ["steps", "batch_size", "lr", "eval_interval", "eval_items"]
+                if method in HEAD_ONLY:
+                    knobs.append("head_lr")
+                if method in USES_CKA:
+                    knobs += ["lam", "estimator"]
+                tr = R.run(f"train-{key}", {**pick(*knobs), "method": method, "seed": seed},
                            lambda d: stage_train(cfg, method, seed, student, teacher, cache, match["pairing"], data, d),
                            deps=("cache", f"match-{v}")).outputs
                 ev = R.run(f"eval-{key}", ev_key, lambda d: stage_evaluate(cfg, tr["model"], heads, data, d),
