@@ -151,3 +151,22 @@ def test_experiment_set_overrides_parse_and_validate(tmp_path):
                                    "--set", "analyze_methods=[\"nope\"]"])
     assert run.exit_code == 2 and "unknown methods" in run.output
     assert not (tmp_path / "config.json").exists()  # nothing ran
+
+
+def test_the_verdict_says_beats_only_when_the_difference_is_significant():
+    from circuitdistill.experiment.report import _verdict
+
+    def row(acc):
+        return {"seeds": {"0": {"full": acc, "circuit": acc, "faithfulness": 1.0}}}
+
+    def results(p_kd, p_ce):
+        return {"variants": {"warm": {
+            "rows": {"circuit": row(0.90), "full-kd": row(0.80), "circuit-ce": row(0.89), "circuit-random": row(0.70)},
+            "mcnemar": {"full-kd": {"0": {"p_value": p_kd}}, "circuit-ce": {"0": {"p_value": p_ce}}}}}}
+
+    v = _verdict(results(0.01, 0.9), "warm")
+    assert "`circuit` beats `full-kd`" in v
+    assert "is above, but does NOT significantly beat, `circuit-ce`" in v
+    assert "`circuit-random` is worse than `circuit-ce`" in v
+    v = _verdict(results(0.01, 0.01), "warm")
+    assert "`circuit` beats `circuit-ce`" in v

@@ -150,7 +150,10 @@ def _verdict(results: dict, vname: str) -> str:
             ps = [m["p_value"] for m in mc.get(other, {}).values()]
             better = st["circuit"] > st[other]
             sig = ps and max(ps) < 0.05
-            parts.append(f"`circuit` {'beats' if better else 'does NOT beat'} `{other}` on held-out accuracy "
+            # "beats" is the goal's word: higher AND significant; a higher mean alone is only "above"
+            verb = "beats" if better and sig else "is above, but does NOT significantly beat," if better \
+                else "does NOT beat"
+            parts.append(f"`circuit` {verb} `{other}` on held-out accuracy "
                          f"({st['circuit']:.3f} vs {st[other]:.3f}; McNemar p {', '.join(f'{p:.3g}' for p in ps)}: "
                          f"{'significant' if sig else 'not significant'} at 0.05)")
     if "circuit-random" in st and "circuit-ce" in st:
