@@ -79,6 +79,7 @@ def interchange_agreement(student: HookedLM, teacher: HookedLM, items: Sequence[
     all_s = [(l, h) for l in range(student.shape.n_layers) for h in range(student.shape.n_heads)]
     all_t = [(l, h) for l in range(teacher.shape.n_layers) for h in range(teacher.shape.n_heads)]
     controls = [measure(rng.sample(all_s, len(s_heads)), rng.sample(all_t, len(t_heads))) for _ in range(n_random)]
+
     def stat(fn, k):
         vals = [c[k] for c in controls if c[k] is not None]
         return float(fn(vals)) if vals else None
