@@ -84,8 +84,9 @@ def pairing_warnings(pairs: list[dict], n_teacher_heads: int, dpt=None) -> list[
     if n_teacher_heads > 1 and len(pairs) >= 4 and n_top > len(pairs) / 2:
         out.append(f"{n_top} of {len(pairs)} student heads pair with one teacher head, L{top[0]}.H{top[1]} "
                    f"({len(counts)} distinct partners of {n_teacher_heads} circuit heads)")
-    if dpt is not None and n_teacher_heads > 1 and len(set(round(float(v), 9) for v in dpt)) <= 2:
-        out.append(f"the teacher circuit's ablation effects take only {len(set(round(float(v), 9) for v in dpt))} "
+    n_values = len({round(float(v), 9) for v in dpt}) if dpt is not None else None
+    if n_values is not None and n_teacher_heads > 1 and n_values <= 2:
+        out.append(f"the teacher circuit's ablation effects take only {n_values} "
                    "distinct value(s): the distances cannot tell its heads apart, and ties go to the first head. "
                    "Use more items (max_items), by='cka', or assignment='hungarian'")
     return out

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
+from ..distill.config import HEAD_ONLY, USES_CKA
 from ..models.hooks import HookedLM
 from ..models.registry import BUILTINS, load_model, prepare, resolve, save_model_dir
 from ..tasks.io import load_items, save_items
 from ..tasks.schema import TaskItem
 from ..utils import provenance, write_json_atomic
-from ..distill.config import HEAD_ONLY, USES_CKA
 from .config import ExperimentConfig
 from .stages import StageRunner
 
