@@ -95,22 +95,20 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
             else:
                 target = {h: torch.zeros(b, p, s.n_heads, s.d_head) for h in hooks}
             cached = prefix_cache and pos == [-1] and p > 1
+            q = 1 if cached else p  # positions each forward pass computes
             if cached:  # gradients at the final position only need the final token (module docstring)
                 pid = inputs["position_ids"]
                 with torch.no_grad():
                     prefix = model(input_ids=clean["input_ids"][:, :-1], attention_mask=clean["attention_mask"][:, :-1],
                                    position_ids=pid[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
                 target = {h: t[:, -1:] for h, t in target.items()}
-                q = 1
 
-                def step_inputs():
-                    return {"input_ids": clean["input_ids"][:, -1:], "attention_mask": clean["attention_mask"],
-                            "position_ids": pid[:, -1:], "past_key_values": copy.deepcopy(prefix), "use_cache": True}
-            else:
-                q = p
-
-                def step_inputs():
+            def step_inputs():
+                if not cached:
                     return inputs
+                return {"input_ids": clean["input_ids"][:, -1:], "attention_mask": clean["attention_mask"],
+                        "position_ids": pid[:, -1:], "past_key_values": copy.deepcopy(prefix), "use_cache": True}
+
             # clean forward/backward: gradients at z (through add-zero leaves) and the clean z itself
             leaves = {h: torch.zeros(b, q, s.n_heads, s.d_head, requires_grad=True) for h in hooks}
             ivs = [Intervention(h, "add", None, None, leaves[h]) for h in hooks]
@@ -132,17 +130,14 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                         gs = torch.autograd.grad(m, [pts[h] for h in hooks])
                     for j, g in enumerate(gs):
                         grads[j] += g / ig_steps
-            if cached:  # only the final position was computed; the selection below covers it alone
-                for l, h in enumerate(hooks):
-                    total[l] += (delta[h] * grads[l]).sum(dim=(0, 1, 3)).double()
-                continue
             sel = torch.zeros(b, p, 1, 1)
             if pos is None:
                 sel[:] = 1
             else:
-                for q in pos:
-                    sel[:, q % p] = 1
+                for i in pos:
+                    sel[:, i % p] = 1
             sel = sel * clean["attention_mask"].view(b, p, 1, 1).float()  # padding never counts
+            sel = sel[:, -q:]  # the positions the passes computed (the final one alone on the shared prefix)
             for l, h in enumerate(hooks):
                 total[l] += (delta[h] * grads[l] * sel).sum(dim=(0, 1, 3)).double()
     finally:
