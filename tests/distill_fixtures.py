@@ -13,18 +13,24 @@ OBJECTS = [" apple", " book", " car", " dog", " cat", " key", " pen", " cup", " 
 BOXES = [" A", " B", " C", " D", " E", " F", " G"]
 
 
+def _prompt(rng, n_boxes):
+    objs = rng.sample(OBJECTS, n_boxes)
+    boxes = rng.sample(BOXES, n_boxes)
+    q = rng.randrange(n_boxes)
+    ctx = ", ".join(f"the{o} is in Box{b}" for o, b in zip(objs, boxes))
+    pre = "Look." * rng.randrange(3)  # vary the length so batches really are left padded
+    return f"{pre}{ctx[0].upper()}{ctx[1:]}. Box{boxes[q]} contains the", objs[q], objs
+
+
 def make_items(n: int, seed: int = 0, n_boxes: int = 3) -> list[TaskItem]:
+    """Tiny entity-tracking items, each with a corrupted counterpart (other objects, boxes and query)."""
     rng = random.Random(seed)
     items = []
     for _ in range(n):
-        objs = rng.sample(OBJECTS, n_boxes)
-        boxes = rng.sample(BOXES, n_boxes)
-        q = rng.randrange(n_boxes)
-        ctx = ", ".join(f"the{o} is in Box{b}" for o, b in zip(objs, boxes))
-        # vary the length so batches really are left padded
-        pre = "Look." * rng.randrange(3)
-        items.append(TaskItem(prompt=f"{pre}{ctx[0].upper()}{ctx[1:]}. Box{boxes[q]} contains the",
-                              answer=objs[q], candidates=objs, split="train"))
+        prompt, answer, objs = _prompt(rng, n_boxes)
+        corrupted, corrupted_answer, _ = _prompt(rng, n_boxes)
+        items.append(TaskItem(prompt=prompt, answer=answer, candidates=objs, corrupted_prompt=corrupted,
+                              corrupted_answer=corrupted_answer, split="train"))
     return items
 
 

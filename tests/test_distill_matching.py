@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from circuitdistill.circuits.ablation import mean_head_outputs
+from circuitdistill.circuits.ablation import mean_head_outputs, per_item_metric
 from circuitdistill.circuits.circuit import Circuit, CircuitHead
 from circuitdistill.distill.cka import cka
 from circuitdistill.distill.config import MatchConfig
-from circuitdistill.distill.matching import load_pairing, match, pair_heads, pairing_warnings
+from circuitdistill.distill.matching import (additive_cost, load_pairing, match, pair_heads, pairing_warnings,
+                                             pairs_from_effects)
 from circuitdistill.models.hooks import HookedLM, hook_name, mean_ablate
 from circuitdistill.models.registry import load_model
 from circuitdistill.tasks.io import load_items
@@ -63,48 +64,50 @@ def world(tmp_path_factory):
     return w
 
 
-def _direct_drops(model_dir, items, heads):
+def _direct_drops(model_dir, items, heads, metric="candidate_accuracy"):
     model, tok = load_model(model_dir)
     hooked = HookedLM(model, tok)
     means = mean_head_outputs(hooked, items, batch_size=8)
-    base = evaluate(model, tok, items, 8).per_item["candidate_accuracy"].mean().item()
+    base = per_item_metric(hooked, items, metric, 8).mean().item()
     abl = {}
     for l, h in heads:
         ivs = [mean_ablate(hook_name(l, "attn.hook_z"), means[hook_name(l, "attn.hook_z")], heads=[h])]
-        abl[(l, h)] = evaluate(model, tok, items, 8, interventions=ivs, hooked=hooked
-                               ).per_item["candidate_accuracy"].mean().item()
+        abl[(l, h)] = per_item_metric(hooked, items, metric, 8, interventions=ivs).mean().item()
     return base, abl
 
 
-@pytest.mark.parametrize("baseline", ["student", "teacher"])
+@pytest.mark.parametrize("baseline", ["student", "own"])
 def test_ablation_effects_match_a_direct_loop(world, tmp_path, baseline):
     cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
-                      data=world["data"], out=str(tmp_path), metric="candidate_accuracy", budget=3,
-                      baseline=baseline, batch_size=8, num_threads=1)
+                      data=world["data"], out=str(tmp_path), metric="logprob", budget=3,
+                      baseline=baseline, normalise="none", per_position_means=False, batch_size=8, num_threads=1)
     pairing = match(cfg, progress=False)
     doc = json.loads((tmp_path / "pairing.json").read_text())
     assert (tmp_path / "pairing.png").stat().st_size > 0
     items = load_items(world["data"])
-    s_base, s_abl = _direct_drops(world["student"], items, [(l, h) for l in range(2) for h in range(4)])
-    t_base, t_abl = _direct_drops(world["teacher"], items, [(1, 2), (0, 3), (1, 0)])
-    assert doc["student_base"] == pytest.approx(s_base, abs=1e-6)
+    s_base, s_abl = _direct_drops(world["student"], items, [(l, h) for l in range(2) for h in range(4)], "logprob")
+    t_base, t_abl = _direct_drops(world["teacher"], items, [(1, 2), (0, 3), (1, 0)], "logprob")
+    assert doc["student_base"] == pytest.approx(s_base, abs=2e-5)
     for l in range(2):
         for h in range(4):
-            assert doc["dP_student_grid"][l][h] == pytest.approx(s_base - s_abl[(l, h)], abs=1e-6)
+            assert doc["dP_student_grid"][l][h] == pytest.approx(s_base - s_abl[(l, h)], abs=2e-5)
     ref = s_base if baseline == "student" else t_base
     for (l, h), v in t_abl.items():
-        assert doc["dP_teacher"][f"L{l}.H{h}"] == pytest.approx(ref - v, abs=1e-6)
-    # every pair is the nearest teacher head under |dP_s - dP_t|
-    assert len(pairing.pairs) == 3
+        assert doc["dP_teacher"][f"L{l}.H{h}"] == pytest.approx(ref - v, abs=2e-5)
+    # every pair is the nearest teacher head under |dP_s - dP_t|; only heads whose ablation hurts are paired
+    hurting = sorted((s_base - v for v in s_abl.values() if s_base - v > 0), reverse=True)
+    assert len(pairing.pairs) == min(3, len(hurting)) > 0
+    assert sorted((p["dP_student"] for p in doc["pairs"]), reverse=True) == pytest.approx(hurting[:3], abs=2e-5)
     for p in doc["pairs"]:
         ds = s_base - s_abl[tuple(p["student"])]
         dists = {t: abs(ds - (ref - v)) for t, v in t_abl.items()}
-        assert p["distance"] == pytest.approx(min(dists.values()), abs=1e-6)
-        assert dists[tuple(p["teacher"])] == pytest.approx(min(dists.values()), abs=1e-6)
+        assert p["distance"] == pytest.approx(min(dists.values()), abs=2e-5)
+        assert dists[tuple(p["teacher"])] == pytest.approx(min(dists.values()), abs=2e-5)
     # the file is what training reads
     assert load_pairing(tmp_path / "pairing.json").student_heads == [tuple(p["student"]) for p in doc["pairs"]]
     assert doc["seed"] == 0 and doc["timing_s"]["student_sweep_s"] > 0
     assert doc["warnings"] == pairing_warnings(doc["pairs"], 3, list(doc["dP_teacher"].values()))
+    assert doc["rule"]["baseline"] == baseline and doc["format"] == 2
 
 
 def test_match_by_cka_uses_activation_similarity(world, tmp_path):
@@ -137,3 +140,85 @@ def test_threshold_that_excludes_everything_is_explained(world, tmp_path):
                       relevance_threshold=2.0, batch_size=8, num_threads=1)
     with pytest.raises(ValueError, match="relevance_threshold"):
         match(cfg, progress=False)
+
+
+# ---- the matching rule on synthetic effects with a known answer ----------------------------------------------
+def _rule(**kw):
+    base = dict(teacher="t", student="s", circuit="c.json", data="d.jsonl")
+    return MatchConfig(**{**base, **kw})
+
+
+def _synthetic(seed=0, n_t=6, n_extra=10, scale=8.0):
+    """Teacher circuit effects (small: a robust teacher) and a student whose true partner of teacher head j is
+    student head perm[j] with `scale` times its effect; extra student heads matter less or help."""
+    rng = np.random.default_rng(seed)
+    e_t = np.sort(rng.uniform(0.005, 0.04, n_t))[::-1].copy()
+    perm = rng.permutation(n_t)
+    e_s = np.concatenate([np.zeros(n_t), rng.uniform(-0.05, 0.02, n_extra)])
+    e_s[perm] = scale * e_t
+    return e_s, e_t, {int(perm[j]): j for j in range(n_t)}
+
+
+@pytest.mark.parametrize("normalise", ["share", "rank"])
+def test_default_rule_recovers_the_true_partners(normalise):
+    e_s, e_t, truth = _synthetic()
+    cfg = _rule(normalise=normalise)
+    assert cfg.baseline == "own" and cfg.metric == "logprob"  # the defaults under test
+    chosen, dist, _, _ = pairs_from_effects(e_s, e_t, cfg, budget=len(e_t))
+    assert dict(chosen) == truth
+
+
+def test_the_papers_literal_rule_collapses_and_says_so():
+    e_s, e_t, truth = _synthetic()
+    s_base, t_base = -1.3, -0.1  # the teacher is far better than the student
+    dpt = s_base - (t_base - e_t)  # teacher effects measured against the STUDENT's base
+    chosen, dist, _, _ = pairs_from_effects(e_s, dpt, _rule(baseline="student"), budget=len(e_t))
+    partners = {j for _, j in chosen}
+    assert partners == {int(np.argmax(e_t))}  # every student head -> the teacher head whose ablation hurts most
+    pairs = [{"student": [i, 0], "teacher": [j, 0]} for i, j in chosen]
+    assert any("pair with one teacher head" in w for w in pairing_warnings(pairs, len(e_t), dpt))
+
+
+def test_hungarian_cost_depends_on_the_assignment_only_under_the_own_baseline():
+    e_s, e_t, _ = _synthetic(seed=1)
+    s_base, t_base = -1.3, -0.1
+    rng = np.random.default_rng(0)
+    for cfg, dpt in ((_rule(assignment="hungarian"), e_t),
+                     (_rule(assignment="hungarian", baseline="student"), s_base - (t_base - e_t))):
+        chosen, dist, _, _ = pairs_from_effects(e_s, dpt, cfg, budget=len(e_t))
+        rows = sorted(i for i, _ in chosen)
+        costs = {round(float(dist[rows, p].sum()), 9) for p in (rng.permutation(len(e_t)) for _ in range(6))}
+        if cfg.baseline == "own":
+            assert len(costs) > 1 and not additive_cost(dist[rows])
+        else:
+            assert len(costs) == 1 and additive_cost(dist[rows])
+            assert any("every assignment costs the same" in w for w in
+                       pairing_warnings([{"student": [0, 0], "teacher": [0, 0]}], len(e_t), dpt, dist[rows]))
+
+
+def test_relevance_keeps_only_harmful_heads_and_ties_go_to_the_larger_teacher_effect():
+    e_s = np.array([0.3, -0.5, 0.0, 0.1])
+    e_t = np.array([0.2, 0.4])
+    chosen, _, _, _ = pairs_from_effects(e_s, e_t, _rule(normalise="none"), budget=4)
+    assert [i for i, _ in chosen] == [0, 3]  # the helping (-0.5) and inert heads are never chosen
+    dist = np.array([[0.1, 0.1]])
+    assert pair_heads(dist, lambda i: i, [0], 1, "nearest", teacher_effect=[0.2, 0.4]) == [(0, 1)]
+
+
+def test_a_teacher_that_is_a_copy_of_the_student_pairs_every_head_with_itself(world, tmp_path):
+    circ = Circuit(heads=[CircuitHead(layer=l, head=h, score=0.0) for l in range(2) for h in range(4)],
+                   n_layers=2, n_heads_per_layer=4, method="test", metric="logprob")
+    path = circ.save(tmp_path / "all.json")
+    cfg = MatchConfig(teacher=world["student"], student=world["student"], circuit=str(path), data=world["data"],
+                      out=str(tmp_path / "m"), by="ablation", metric="logprob", budget=8, batch_size=8,
+                      num_threads=1)
+    pairing = match(cfg, progress=False)
+    assert len(pairing.pairs) >= 2
+    assert all(p.student == p.teacher for p in pairing.pairs)
+
+
+def test_identity_pairs_the_circuit_heads_with_themselves(world, tmp_path):
+    cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
+                      data=world["data"], out=str(tmp_path), by="identity", batch_size=8, num_threads=1)
+    pairing = match(cfg, progress=False)
+    assert [(p.student, p.teacher) for p in pairing.pairs] == [(h, h) for h in [(1, 2), (0, 3), (1, 0)]]

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def world(tmp_path_factory):
     torch.set_num_threads(1)
     w = make_world(tmp_path_factory.mktemp("distill"))
-    build_cache(CacheConfig(teacher=w["teacher"], data=w["data"], out=str(w["root"] / "cache")), progress=False)
+    build_cache(CacheConfig(teacher=w["teacher"], data=w["data"], out=str(w["root"] / "cache"),
+                            interchange_pairing=w["pairing"]), progress=False)
     w["cache"] = str(w["root"] / "cache")
     return w
 
@@ -47,16 +48,19 @@ def test_cache_contents(world):
     assert c.meta["data_sha256"] and c.meta["versions"]["torch"]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_runs_and_logs(world, tmp_path, method):
     s = train(_cfg(world, method, tmp_path / method), progress=False)
     rows = [json.loads(l) for l in (tmp_path / method / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
-    if method in ("circuit", "circuit-align", "circuit-random"):
-        assert len(rows[0]["cka"]) == 3 and "align" in rows[0]
-    if method in ("full-kd", "circuit-ce", "circuit", "circuit-random"):
-        assert "ce" in rows[0]
+    for term, weight in METHODS[method].terms:
+        if weight == 0 or (isinstance(weight, str) and getattr(s_cfg := _cfg(world, method, tmp_path), weight) == 0):
+            continue
+        assert term in rows[0]
+        if term in ("cka", "procrustes"):
+            assert len(rows[0][f"{term}_pairs"]) == 3
+    assert rows[0]["loss"] == pytest.approx(sum(rows[0][t] for t, _ in METHODS[method].terms if t in rows[0]))
     assert (tmp_path / method / "loss.png").stat().st_size > 0
     assert s["trainable"]["n_selected_heads"] == (8 if method in ("full-kd", "logit-kd") else 3)
     summary = json.loads((tmp_path / method / "summary.json").read_text())
@@ -75,7 +79,7 @@ def test_cache_and_live_teacher_give_the_same_run(world, tmp_path):
     b = train(_cfg(world, "circuit", tmp_path / "live", teacher_cache=None, teacher=world["teacher"]),
               progress=False)
     assert a["final"]["loss"] == pytest.approx(b["final"]["loss"], abs=1e-5)
-    assert a["final"]["cka"] == pytest.approx(b["final"]["cka"], abs=1e-5)
+    assert a["final"]["cka_pairs"] == pytest.approx(b["final"]["cka_pairs"], abs=1e-5)
 
 
 def test_data_order_is_a_function_of_seed_and_step():
@@ -144,3 +148,93 @@ def test_resume_may_extend_the_number_of_steps(world, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="different config"):
         train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=4, lr=5e-4), resume=True, progress=False)
+
+
+def test_interchange_from_the_cache_equals_the_live_teacher(world, tmp_path):
+    full = tmp_path / "full-vocab-cache"  # every logit kept: the restricted KL is then the full KL
+    build_cache(CacheConfig(teacher=world["teacher"], data=world["data"], out=str(full), top_k=50257,
+                            interchange_pairing=world["pairing"]), progress=False)
+    a = train(_cfg(world, "circuit-iit", tmp_path / "cache", steps=2, teacher_cache=str(full)), progress=False)
+    b = train(_cfg(world, "circuit-iit", tmp_path / "live", steps=2, teacher_cache=None, teacher=world["teacher"]),
+              progress=False)
+    assert a["final"]["iit"] == pytest.approx(b["final"]["iit"], abs=1e-6)
+    assert a["final"]["ce"] == pytest.approx(b["final"]["ce"], abs=1e-5)
+
+
+def test_interchange_loss_is_zero_for_a_copy_of_the_teacher_with_identity_pairs(world, tmp_path):
+    pairing = tmp_path / "identity.json"
+    pairing.write_text(json.dumps({"pairs": [{"student": h, "teacher": h} for h in ([0, 1], [1, 2], [1, 3])]}))
+    cache = tmp_path / "cache"
+    build_cache(CacheConfig(teacher=world["teacher"], data=world["data"], out=str(cache), heads="paired",
+                            pairing=str(pairing), interchange_pairing=str(pairing)), progress=False)
+    for kw in ({"teacher_cache": str(cache)}, {"teacher_cache": None, "teacher": world["teacher"]}):
+        s = train(_cfg(world, "circuit-iit", tmp_path / f"run{len(kw)}", steps=1, student=world["teacher"],
+                       pairing=str(pairing), **kw), progress=False)
+        assert abs(s["final"]["iit"]) < 1e-6
+    # the same heads on a different student: the term is not trivially zero
+    s = train(_cfg(world, "circuit-iit", tmp_path / "other", steps=1, pairing=str(pairing), teacher_cache=str(cache)),
+              progress=False)
+    assert s["final"]["iit"] > 1e-4
+
+
+def test_interchange_needs_corrupted_prompts_and_says_so_before_training(world, tmp_path):
+    from circuitdistill.tasks.io import load_items, save_items
+
+    items = load_items(world["data"])
+    items[5] = items[5].model_copy(update={"corrupted_prompt": None, "corrupted_answer": None})
+    data = save_items(tmp_path / "d.jsonl", items)
+    with pytest.raises(ValueError, match="line 6.*corrupted_prompt|corrupted_prompt.*line 6"):
+        train(_cfg(world, "circuit-iit", tmp_path / "x", data=str(data), teacher_cache=None,
+                   teacher=world["teacher"]), progress=False)
+    assert not (tmp_path / "x" / "log.jsonl").exists()
+
+
+@pytest.mark.parametrize("method", ["circuit-procrustes", "circuit-iit", "circuit"])
+def test_every_alignment_term_moves_only_the_matched_heads(world, tmp_path, method):
+    from circuitdistill.distill.matching import load_pairing
+    from circuitdistill.models.arch import head_param_slices
+    from circuitdistill.models.registry import load_model
+
+    train(_cfg(world, method, tmp_path / method, steps=2, lr=1e-2), progress=False)
+    before, _ = load_model(world["student"])
+    after = load_file(str(tmp_path / method / "weights.safetensors"))
+    names = {id(p): n for n, p in before.named_parameters()}
+    masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in before.named_parameters()}
+    n_heads, n_kv = before.config.num_attention_heads, before.config.num_key_value_heads
+    for l, h in load_pairing(world["pairing"]).student_heads:
+        for c, idx in (("q", h), ("o", h), ("k", h * n_kv // n_heads), ("v", h * n_kv // n_heads)):
+            for p, sl in head_param_slices(before, l, idx, c):
+                masks[names[id(p)]][sl] = True
+    moved = False
+    for n, p in before.named_parameters():
+        m = masks[n]
+        assert torch.equal(after[n][~m], p.detach()[~m]), f"{method}: {n} changed outside the matched heads"
+        moved |= bool(m.any()) and not torch.equal(after[n][m], p.detach()[m])
+    assert moved
+
+
+def test_the_random_control_keeps_the_many_to_one_structure():
+    from circuitdistill.distill.trainer import random_pairing
+
+    aligned = [(5, 1), (5, 1), (5, 1), (3, 0), (3, 0), (7, 2)]
+    pool = [(l, h) for l in range(8) for h in range(3)]
+    for seed in range(5):
+        rnd = random_pairing([(0, i) for i in range(6)], aligned, pool, seed)
+        assert [rnd[i] == rnd[j] for i in range(6) for j in range(6)] == \
+               [aligned[i] == aligned[j] for i in range(6) for j in range(6)]
+        assert all(r != a for r, a in zip(rnd, aligned)) and set(rnd) <= set(pool)
+    assert random_pairing([(0, 0)] * 6, aligned, pool, 1) == random_pairing([(0, 0)] * 6, aligned, pool, 1)
+
+
+def test_held_out_alignment_is_logged_before_and_after_for_every_row(world, tmp_path):
+    from circuitdistill.tasks.io import load_items, save_items
+
+    val = save_items(tmp_path / "val.jsonl", load_items(world["data"])[:16])
+    build_cache(CacheConfig(teacher=world["teacher"], data=str(val), out=str(tmp_path / "vcache")), progress=False)
+    s = train(_cfg(world, "full-kd", tmp_path / "kd", pairing=None, eval_pairing=world["pairing"],
+                   eval_data=str(val), eval_teacher_cache=str(tmp_path / "vcache"), eval_max_items=16),
+              progress=False)
+    assert set(s["start_eval"]["cka"]) == set(s["final_eval"]["cka"]) and len(s["final_eval"]["cka"]) == 3
+    assert s["start_eval"]["cka"] != s["final_eval"]["cka"]  # full-kd moved the heads
+    rows = [json.loads(l) for l in (tmp_path / "kd" / "log.jsonl").read_text().splitlines()]
+    assert rows[0]["step"] == 0 and "cka_mean" in rows[0]["eval"]

@@ -7,15 +7,13 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..utils import read_json_file
 
-METHODS = ("full-kd", "logit-kd", "circuit-ce", "circuit-align", "circuit-random", "circuit")
-Method = Literal["full-kd", "logit-kd", "circuit-ce", "circuit-align", "circuit-random", "circuit"]
-HEAD_ONLY = ("circuit-ce", "circuit-align", "circuit-random", "circuit")
-USES_CKA = ("circuit-align", "circuit-random", "circuit")
-USES_CE = ("full-kd", "circuit-ce", "circuit-random", "circuit")
+from .methods import HEAD_ONLY, METHOD_NAMES, METHODS
+
+METHODS_HELP = " | ".join(f"{m.name}: {m.description}" for m in METHODS.values())
 
 
 class _Base(BaseModel):
@@ -25,11 +23,7 @@ class _Base(BaseModel):
 class DistillConfig(_Base):
     """One training run: a row of the paper's table. Reproducible from this config alone."""
 
-    method: Method = Field(
-        "circuit", description="full-kd: all parameters, CE on the teacher's labels | logit-kd: all parameters, "
-        "Hinton KL to the teacher's logits | circuit-ce: matched student heads only, CE | circuit-align: matched "
-        "heads only, alignment loss only | circuit-random: matched heads, CE + CKA to a RANDOM teacher head per "
-        "student head (control) | circuit: matched heads, CE + lambda * sum(1 - CKA) with the aligned pairing")
+    method: str = Field("circuit", description=METHODS_HELP)
     student: str = Field(..., description="student model: built-in name, derived name or local HF directory")
     teacher: str | None = Field(None, description="live teacher model (loaded and run every step); give this "
                                 "or teacher_cache")
@@ -40,8 +34,15 @@ class DistillConfig(_Base):
                                 "circuit-* methods")
     out: str = Field("runs/distill/run", description="output directory: config, log.jsonl, loss PNG, "
                      "checkpoint, summary.json, final model")
-    lam: float = Field(1.0, ge=0.0, description="lambda, weight of the alignment term sum over pairs of "
-                       "(1 - CKA). The paper leaves it open; 1.0 puts one pair's alignment on the scale of CE")
+    lam: float = Field(0.1, ge=0.0, description="lambda, weight of the pair alignment term (CKA or Procrustes) "
+                       "over pairs of (1 - similarity). The paper leaves it open; 0.1 was chosen on validation data "
+                       "with the sum over ~40 pairs")
+    lam_reduction: Literal["sum", "mean"] = Field("sum", description="the pair alignment term sums (paper) or "
+                                                  "averages (1 - similarity) over the pairs")
+    iit_weight: float = Field(1.0, ge=0.0, description="weight of the interchange term (a KL, on the scale of CE)")
+    interchange_cache: str | None = Field(None, description="circuit-iit from a teacher cache: the directory "
+                                          "written by `cache-teacher --interchange-pairing` (the teacher's "
+                                          "outputs with its paired heads patched from the corrupted prompts)")
     lr: float = Field(2e-5, gt=0.0, description="AdamW learning rate; 2e-5 is the paper's value for every method "
                       "(head-only methods can tolerate larger values; the paper did not tune them separately)")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled weight decay. For head-only methods it "
@@ -66,14 +67,19 @@ class DistillConfig(_Base):
     kd_temperature: float = Field(2.0, gt=0.0, description="logit-kd: softmax temperature T (loss scaled by T^2)")
     kd_ce_weight: float = Field(0.0, ge=0.0, description="logit-kd: weight of an added CE term on the teacher's "
                                 "labels (0 = pure Hinton KL)")
-    random_pool: Literal["all", "circuit"] = Field(
-        "all", description="circuit-random: draw each student head's random teacher partner from all teacher "
-        "heads or only from the teacher circuit heads (never its aligned partner when another exists)")
+    random_pool: Literal["circuit", "all"] = Field(
+        "circuit", description="circuit-random: each distinct aligned partner is replaced by a distinct random "
+        "teacher head (never itself when another exists), so the control keeps the pairing's many-to-one "
+        "structure; drawn from the teacher circuit (default) or from all teacher heads")
     max_train_items: int | None = Field(None, ge=1, description="use only the first N training items")
     eval_data: str | None = Field(None, description="validation items (JSONL) scored every eval_interval steps "
                                   "and at the end; never use the test split for choices")
-    eval_teacher_cache: str | None = Field(None, description="teacher cache of eval_data (adds per-pair CKA over "
-                                           "the whole eval set, exact via CKAAccumulator)")
+    eval_teacher_cache: str | None = Field(None, description="teacher cache of eval_data: adds the held-out "
+                                           "alignment, exact debiased CKA over the whole eval set between each "
+                                           "student head and its ALIGNED partner (also for rows that train "
+                                           "no alignment), before training and at every evaluation")
+    eval_pairing: str | None = Field(None, description="pairing.json whose pairs the held-out alignment measures "
+                                     "(default: `pairing`); lets full-kd report it too")
     eval_interval: int = Field(0, ge=0, description="evaluate every N steps (0: only at the end)")
     eval_max_items: int | None = Field(200, ge=1, description="score at most N eval items")
     eval_batch_size: int = Field(32, ge=1, description="batch size for evaluation")
@@ -87,6 +93,8 @@ class DistillConfig(_Base):
         if self.teacher is None and self.teacher_cache is None:
             raise ValueError("give a teacher: either `teacher` (a model, run live) or `teacher_cache` (a directory "
                              "from `circuitdistill cache-teacher`)")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHOD_NAMES)}")
         if self.method in HEAD_ONLY and self.pairing is None:
             raise ValueError(f"method {self.method} trains matched heads only and needs `pairing` (pairing.json "
                              "from `circuitdistill match`)")
@@ -106,6 +114,10 @@ class CacheConfig(_Base):
         "all", description="which teacher heads' outputs to store: all heads (needed by circuit-random with "
         "random_pool=all) or only the teacher heads named in `pairing`")
     pairing: str | None = Field(None, description="pairing.json (required for heads=paired)")
+    interchange_pairing: str | None = Field(None, description="also store the teacher's final-position top-k "
+                                            "logits with the pairing's teacher heads patched from each item's "
+                                            "corrupted prompt (what circuit-iit trains towards); items need "
+                                            "corrupted prompts")
     batch_size: int = Field(32, ge=1, description="teacher forward batch size")
     max_items: int | None = Field(None, ge=1, description="cache only the first N items")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
@@ -125,22 +137,31 @@ class MatchConfig(_Base):
     circuit: str = Field(..., description="circuit.json of the teacher (a `heads` list of {layer, head, score})")
     data: str = Field(..., description="items for the ablation sweeps (JSONL); use a validation split")
     out: str = Field("runs/distill/match", description="output directory (pairing.json + pairing.png)")
-    by: Literal["ablation", "cka"] = Field(
-        "ablation", description="ablation: distance |dP_s - dP_t| of mean-ablation accuracy drops (paper); "
-        "cka: 1 - CKA of the heads' outputs at `position` over the data")
-    baseline: Literal["student", "teacher"] = Field(
-        "student", description="teacher effects dP_t = P_base - P_t(ablated) with P_base the STUDENT's base "
-        "accuracy (paper) or the teacher's own")
-    metric: Literal["accuracy", "candidate_accuracy"] = Field("accuracy", description="the P in dP")
+    by: Literal["ablation", "cka", "identity"] = Field(
+        "ablation", description="ablation: distance between the heads' mean-ablation effects | cka: 1 - CKA of "
+        "the heads' outputs at `position` over the data | identity: student L.H with teacher L.H for every "
+        "circuit head (same architecture only; no budget)")
+    baseline: Literal["own", "student"] = Field(
+        "own", description="own: each model's effects against its own baseline, normalised per model (see "
+        "`normalise`) | student: the paper's literal rule, teacher effects against the STUDENT's base (collapses "
+        "onto one teacher head whenever the teacher beats the student by more than one head's effect)")
+    normalise: Literal["share", "rank", "none"] = Field(
+        "share", description="baseline=own: share: effect / mean positive effect of the heads compared | rank: "
+        "quantile of the effect among them | none")
+    metric: Literal["logprob", "logit_diff", "accuracy", "candidate_accuracy"] = Field(
+        "logprob", description="the metric whose drop is a head's effect: answer log-prob (continuous), logit "
+        "difference to the corrupted answer, or accuracy (steps of 1/items)")
+    per_position_means: bool = Field(True, description="ablate with per-position means, as the circuit-only "
+                                     "evaluation does (False: one mean per head over all positions)")
     assignment: Literal["nearest", "hungarian"] = Field(
         "nearest", description="nearest: each student head takes its closest teacher head (many-to-one, paper); "
         "hungarian: one-to-one minimum-cost assignment (scipy linear_sum_assignment)")
-    relevance_threshold: float = Field(0.0, ge=0.0, description="a student head is relevant when |dP_s| > this "
-                                       "(by=ablation; with 0, heads whose ablation changed nothing are excluded)")
+    relevance_threshold: float = Field(0.0, ge=0.0, description="a student head is relevant when its ablation "
+                                       "hurts the metric by more than this (by=ablation)")
     budget: float = Field(0.15, gt=0.0, description="student heads to pair: a fraction of all student heads "
                           "(<1) or a count (>=1). Default 15% (the paper trains ~11-15% of heads)")
     select: Literal["relevance", "distance"] = Field(
-        "relevance", description="which relevant student heads fill the budget: largest |dP_s| first (relevance) "
+        "relevance", description="which relevant student heads fill the budget: most harmful ablation first (relevance) "
         "or smallest distance to a teacher head first (distance)")
     ablation_positions: Literal["all", "final"] = Field(
         "all", description="where a head is mean-ablated in the sweeps: every position (all) or only the final "
@@ -149,6 +170,16 @@ class MatchConfig(_Base):
     estimator: Literal["biased", "debiased"] = Field("debiased", description="CKA estimator for by=cka")
     max_items: int | None = Field(256, ge=1, description="use at most N items")
     batch_size: int = Field(32, ge=1, description="batch size of the ablation sweeps")
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _old_baseline(cls, v):
+        return "own" if v == "teacher" else v  # the former name of the own-baseline rule
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _dash(cls, v):
+        return v.replace("-", "_") if isinstance(v, str) else v
     seed: int = Field(0, description="seed (recorded; matching itself is deterministic)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
 

@@ -1,25 +1,26 @@
-"""Pair student heads with the teacher circuit's heads (SPEC §1 step 2); pairing.json I/O.
+"""Pair student heads with the teacher circuit's heads; pairing.json I/O.
 
-By ablation effects (paper, default):
+By ablation effects (``by="ablation"``): mean-ablate every student head and every teacher circuit head and
+take each head's effect, e(h) = metric(base) - metric(h ablated), so a positive effect means the ablation
+HURTS the task. ``metric`` is continuous by default (answer log-prob), not accuracy on a few dozen items.
 
-* mean-ablate every student head h_s (batched sweep, ``circuits.ablation.head_ablation_sweep``) and take the
-  drop dP_s(h_s) = P_s(base) - P_s(h_s ablated);
-* mean-ablate every teacher CIRCUIT head h_t: dP_t(h_t) = P_base - P_t(h_t ablated), where P_base is the
-  STUDENT's base accuracy (``baseline="student"``, as the paper states it) or the teacher's own
-  (``baseline="teacher"``);
-* distance D(h_s, h_t) = |dP_s(h_s) - dP_t(h_t)|.
+* ``baseline="own"`` (default): each model's effects are taken against its own baseline and then
+  ``normalise``-d per model (``share``: divided by the mean positive effect of the heads being compared, so a
+  robust teacher whose heads each matter little is on the student's scale; ``rank``: the quantile of the
+  effect among those heads; ``none``). The distance is |e_s - e_t| on the normalised effects.
+* ``baseline="student"`` is the rule as the paper states it: the teacher's effects are measured against the
+  STUDENT's base, e_t = P_s(base) - P_t(h ablated). Then P_s(base) cancels from |e_s - e_t|, and whenever the
+  teacher beats the student by more than any single head's effect every student head maps to the teacher head
+  whose ablation hurts the teacher most. Kept for reproduction; ``pairing.json`` warns when it collapses.
 
-By activation similarity (``by="cka"``): D(h_s, h_t) = 1 - CKA of the two heads' outputs at ``position``
-over the items.
+By activation similarity (``by="cka"``): distance = 1 - debiased CKA of the two heads' outputs at ``position``.
+By identity (``by="identity"``, same architecture only): student L.H is paired with teacher L.H for every
+circuit head.
 
-Which student heads get a partner: the relevant ones (|dP_s| > ``relevance_threshold``; with the default 0 a
-head whose ablation changed nothing is not relevant, so a student without a measurable circuit gets fewer
-pairs than the budget rather than arbitrary ones), at most
-``budget`` of them (default 15% of the student's heads), largest |dP_s| first (``select="relevance"``;
-for by=cka: highest best-CKA first) or smallest distance first (``select="distance"``). Each then takes
-its nearest teacher head (many-to-one, paper) or, with ``assignment="hungarian"``, the selected heads and
-the teacher heads are paired one-to-one at minimum total distance (``scipy.optimize.linear_sum_assignment``;
-at most as many pairs as teacher heads).
+Which student heads get a partner (ablation): the relevant ones, whose ablation hurts (e_s > threshold), most
+harmful first, at most ``budget``. Each then takes its nearest teacher head (many-to-one, ties broken towards
+the larger teacher effect) or, with ``assignment="hungarian"``, a one-to-one minimum-cost assignment. A cost
+matrix of the form a_i + b_j makes every assignment cost the same; ``pairing.json`` warns when that happens.
 """
 from __future__ import annotations
 
@@ -27,13 +28,20 @@ import warnings
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..utils import read_json_file
 
 
 class Pair(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+    @field_validator("student", "teacher")
+    @classmethod
+    def _non_negative(cls, v):
+        if min(v) < 0:
+            raise ValueError(f"layer and head must be >= 0, got L{v[0]}.H{v[1]}")
+        return v
 
     student: tuple[int, int] = Field(..., description="(layer, head) of the student head")
     teacher: tuple[int, int] = Field(..., description="(layer, head) of its teacher partner")
@@ -53,7 +61,14 @@ class Pairing(BaseModel):
 
     @property
     def teacher_heads(self) -> list[tuple[int, int]]:
+        """The distinct teacher partners."""
         return sorted({p.teacher for p in self.pairs})
+
+    @property
+    def circuit(self) -> list[tuple[int, int]]:
+        """The whole teacher circuit the pairing was drawn from (the partners when the file does not say)."""
+        heads = (self.model_extra or {}).get("teacher_heads")
+        return sorted({tuple(map(int, h)) for h in heads}) if heads else self.teacher_heads
 
 
 def load_pairing(path: str | Path) -> Pairing:
@@ -73,10 +88,13 @@ def load_pairing(path: str | Path) -> Pairing:
     return pairing
 
 
-def pairing_warnings(pairs: list[dict], n_teacher_heads: int, dpt=None) -> list[str]:
-    """Say when a pairing has collapsed onto few teacher heads: the alignment loss would then pull many
-    student heads towards one teacher head's representation."""
+def pairing_warnings(pairs: list[dict], n_teacher_heads: int, dpt=None, cost=None) -> list[str]:
+    """Say when a pairing cannot mean what it claims: collapsed onto one teacher head (the alignment loss would
+    pull many student heads towards one representation), tied teacher effects, or a one-to-one cost matrix
+    under which every assignment costs the same."""
     from collections import Counter
+
+    import numpy as np
 
     counts = Counter(tuple(p["teacher"]) for p in pairs)
     out = []
@@ -87,9 +105,39 @@ def pairing_warnings(pairs: list[dict], n_teacher_heads: int, dpt=None) -> list[
     n_values = len({round(float(v), 9) for v in dpt}) if dpt is not None else None
     if n_values is not None and n_teacher_heads > 1 and n_values <= 2:
         out.append(f"the teacher circuit's ablation effects take only {n_values} "
-                   "distinct value(s): the distances cannot tell its heads apart, and ties go to the first head. "
-                   "Use more items (max_items), by='cka', or assignment='hungarian'")
+                   "distinct value(s): the distances cannot tell its heads apart. Use a continuous metric "
+                   "(metric='logprob'), by='cka' or by='identity'")
+    if cost is not None and additive_cost(np.asarray(cost)):
+        out.append("the one-to-one cost matrix is a row term plus a column term: every assignment costs the "
+                   "same, so the assignment is arbitrary (typical of baseline='student'); use baseline='own'")
     return out
+
+
+def additive_cost(cost, tol: float = 1e-9) -> bool:
+    """True when cost[i, j] = a[i] + b[j] (every one-to-one assignment of the rows then costs the same)."""
+    import numpy as np
+
+    if cost.shape[0] < 2 or cost.shape[1] < 2:
+        return False
+    resid = cost - cost.mean(1, keepdims=True) - cost.mean(0, keepdims=True) + cost.mean()
+    return bool(np.abs(resid).max() <= tol * max(1.0, float(np.abs(cost).max())))
+
+
+def normalise_effects(effects, how: str):
+    """Per-model normalisation of ablation effects (positive = the ablation hurts); see the module doc."""
+    import numpy as np
+    from scipy.stats import rankdata
+
+    e = np.asarray(effects, dtype=float)
+    if how == "none" or e.size == 0:
+        return e
+    if how == "share":
+        pos = e[e > 0]
+        scale = pos.mean() if pos.size else np.abs(e).mean()
+        return e / scale if scale > 0 else e
+    if how == "rank":
+        return (rankdata(e) - 1) / max(1, e.size - 1)
+    raise ValueError(f"normalise={how!r}: use none, share or rank")
 
 
 def _budget(cfg, n_total: int) -> int:
@@ -97,11 +145,12 @@ def _budget(cfg, n_total: int) -> int:
     return max(1, min(n, n_total))
 
 
-def pair_heads(dist, order_key, candidates, budget: int, assignment: str):
+def pair_heads(dist, order_key, candidates, budget: int, assignment: str, teacher_effect=None):
     """Choose student heads and partners from a distance matrix.
 
     ``dist`` [n_student, n_teacher] (numpy), ``candidates``: student row indices that may be paired,
-    ``order_key(i)``: sort key for filling the budget. Returns [(student_row, teacher_col)].
+    ``order_key(i)``: sort key for filling the budget; ``teacher_effect`` [n_teacher] breaks distance ties
+    towards the larger effect (else the first column). Returns [(student_row, teacher_col)].
     """
     import numpy as np
 
@@ -109,11 +158,42 @@ def pair_heads(dist, order_key, candidates, budget: int, assignment: str):
     if not chosen:
         return []
     if assignment == "nearest":
-        return [(i, int(np.argmin(dist[i]))) for i in chosen]
+        tie = np.zeros(dist.shape[1]) if teacher_effect is None else -np.asarray(teacher_effect, dtype=float)
+        out = []
+        for i in chosen:
+            best = np.flatnonzero(dist[i] <= dist[i].min() + 1e-12)
+            out.append((i, int(best[np.argmin(tie[best])])))
+        return out
     from scipy.optimize import linear_sum_assignment
 
     rows, cols = linear_sum_assignment(dist[chosen])
     return sorted(((chosen[r], int(c)) for r, c in zip(rows, cols)), key=lambda rc: chosen.index(rc[0]))
+
+
+def pairs_from_effects(e_s, e_t, cfg, budget: int):
+    """Ablation-effect matching on given effects (student [n_s], teacher circuit [n_t], positive = hurts).
+
+    Returns (pairs [(student_row, teacher_col)], distance matrix on the normalised effects, normalised student
+    effects, normalised teacher effects). The student's relevant heads (raw effect above the threshold) are
+    chosen first; normalisation then runs over the heads actually compared.
+    """
+    import numpy as np
+
+    e_s, e_t = np.asarray(e_s, dtype=float), np.asarray(e_t, dtype=float)
+    candidates = [i for i in range(e_s.size) if e_s[i] > cfg.relevance_threshold]
+    compared = sorted(candidates, key=lambda i: (-e_s[i], i))[:budget] if cfg.select == "relevance" else candidates
+    if cfg.baseline == "student":  # the paper's literal rule: raw effects on one shared (student) baseline
+        ns, nt = e_s, e_t
+    else:
+        ns = np.zeros_like(e_s)
+        ns[compared] = normalise_effects(e_s[compared], cfg.normalise)
+        nt = normalise_effects(e_t, cfg.normalise)
+    dist = np.abs(ns[:, None] - nt[None, :])
+    if cfg.select == "relevance":
+        key = lambda i: (-e_s[i], dist[i].min(), i)  # noqa: E731
+    else:
+        key = lambda i: (dist[i].min(), -e_s[i], i)  # noqa: E731
+    return pair_heads(dist, key, compared, budget, cfg.assignment, teacher_effect=e_t), dist, ns, nt
 
 
 @torch.no_grad()
@@ -162,40 +242,34 @@ def match(cfg, progress: bool = True) -> Pairing:
     t_heads = circuit.as_list()
     if not t_heads:
         raise ValueError(f"{cfg.circuit} lists no heads")
+    if cfg.by == "identity" and (sh.shape.n_layers, sh.shape.n_heads) != (th.shape.n_layers, th.shape.n_heads):
+        raise ValueError(f"by=identity pairs student L.H with teacher L.H and needs one architecture; the student "
+                         f"has {sh.shape.n_layers} x {sh.shape.n_heads} heads, the teacher {th.shape.n_layers} x "
+                         f"{th.shape.n_heads}. Use by=ablation or by=cka")
     s_heads = [(l, h) for l in range(sh.shape.n_layers) for h in range(sh.shape.n_heads)]
+    budget = _budget(cfg, len(s_heads))
     timing: dict[str, float] = {}
     record: dict = {}
     t0 = time.perf_counter()
+    cost = None
     if cfg.by == "ablation":
-        from ..circuits.ablation import baseline, head_ablation_sweep, mean_head_outputs
-
-        s_means = mean_head_outputs(sh, items, batch_size=cfg.batch_size)
-        s_base = baseline(sh, items, cfg.metric, cfg.batch_size)
-        pos = None if cfg.ablation_positions == "all" else "final"
-        s_abl = head_ablation_sweep(sh, items, cfg.metric, "mean", s_means, batch_size=cfg.batch_size,
-                                    positions=pos, progress=progress)
-        timing["student_sweep_s"] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        t_means = mean_head_outputs(th, items, batch_size=cfg.batch_size)
-        t_base = baseline(th, items, cfg.metric, cfg.batch_size)
-        t_abl = head_ablation_sweep(th, items, cfg.metric, "mean", t_means, heads=[list(h) for h in t_heads],
-                                    batch_size=cfg.batch_size, positions=pos, progress=progress)
-        timing["teacher_sweep_s"] = time.perf_counter() - t1
+        e_s, e_t, s_base, t_base = _ablation_effects(cfg, sh, th, items, t_heads, timing, progress)
         ref = s_base if cfg.baseline == "student" else t_base
-        dps = np.array([s_base - float(s_abl[l, h]) for l, h in s_heads])
-        dpt = np.array([ref - float(t_abl[l, h]) for l, h in t_heads])
-        dist = np.abs(dps[:, None] - dpt[None, :])
-        # strict: with the default threshold 0, a head whose ablation changed nothing is not relevant
-        candidates = [i for i in range(len(s_heads)) if abs(dps[i]) > cfg.relevance_threshold]
-        if cfg.select == "relevance":
-            key = lambda i: (-abs(dps[i]), dist[i].min(), s_heads[i])  # noqa: E731
-        else:
-            key = lambda i: (dist[i].min(), -abs(dps[i]), s_heads[i])  # noqa: E731
-        record.update({"student_base": s_base, "teacher_base": t_base, "reference_base": ref,
-                       "dP_student_grid": [[s_base - float(s_abl[l, h]) for h in range(sh.shape.n_heads)]
-                                           for l in range(sh.shape.n_layers)],
-                       "dP_teacher": {f"L{l}.H{h}": float(v) for (l, h), v in zip(t_heads, dpt)}})
-    else:
+        dpt = ref - (t_base - e_t)  # effect against the chosen reference baseline
+        chosen, dist, ns, nt = pairs_from_effects(e_s, dpt, cfg, budget)
+        if cfg.assignment == "hungarian" and chosen:
+            rows = sorted({i for i, _ in chosen})
+            cost = dist[rows]
+        dps = e_s
+        record.update({"metric": cfg.metric, "student_base": s_base, "teacher_base": t_base, "reference_base": ref,
+                       "dP_student_grid": e_s.reshape(sh.shape.n_layers, sh.shape.n_heads).tolist(),
+                       "dP_teacher": {f"L{l}.H{h}": float(v) for (l, h), v in zip(t_heads, dpt)},
+                       "normalised_teacher": {f"L{l}.H{h}": float(v) for (l, h), v in zip(t_heads, nt)}})
+        if not chosen:
+            raise ValueError(f"no student head is relevant: no ablation hurt the {cfg.metric} by more than "
+                             f"relevance_threshold={cfg.relevance_threshold} on {len(items)} items; lower the "
+                             "threshold or use more items (max_items)")
+    elif cfg.by == "cka":
         s_rows = _head_rows(sh, items, range(sh.shape.n_layers), cfg.position, cfg.batch_size)
         t_rows = _head_rows(th, items, sorted({l for l, _ in t_heads}), cfg.position, cfg.batch_size)
         deb = cfg.estimator == "debiased"
@@ -204,26 +278,30 @@ def match(cfg, progress: bool = True) -> Pairing:
         timing["cka_s"] = time.perf_counter() - t0
         dist = 1.0 - sim
         dps = dpt = None
-        candidates = list(range(len(s_heads)))
-        key = lambda i: (dist[i].min(), s_heads[i])  # noqa: E731
-    chosen = pair_heads(dist, key, candidates, _budget(cfg, len(s_heads)), cfg.assignment)
-    if not chosen:
-        raise ValueError(f"no student head is relevant: every |dP_s| <= relevance_threshold={cfg.relevance_threshold}"
-                         f" on {len(items)} items; lower the threshold or use more items (max_items)")
+        chosen = pair_heads(dist, lambda i: (dist[i].min(), s_heads[i]), range(len(s_heads)), budget,
+                            cfg.assignment)
+    else:
+        dist = np.ones((len(s_heads), len(t_heads)))
+        for j, hd in enumerate(t_heads):
+            dist[s_heads.index(hd), j] = 0.0
+        dps = dpt = None
+        chosen = [(s_heads.index(hd), j) for j, hd in enumerate(t_heads)]  # the whole circuit; no budget
     pairs = []
     for i, j in chosen:
         p = {"student": list(s_heads[i]), "teacher": list(t_heads[j]), "distance": float(dist[i, j])}
         if dps is not None:
             p.update({"dP_student": float(dps[i]), "dP_teacher": float(dpt[j])})
-        else:
+        elif cfg.by == "cka":
             p["cka"] = float(1.0 - dist[i, j])
         pairs.append(p)
-    warns = pairing_warnings(pairs, len(t_heads), dpt)
+    warns = pairing_warnings(pairs, len(t_heads), dpt, cost)
     for w in warns:
         warnings.warn(f"matching: {w}", stacklevel=2)
-    doc = {"pairs": pairs, "student_model": cfg.student, "teacher_model": cfg.teacher, "warnings": warns,
+    doc = {"format": 2, "pairs": pairs, "student_model": cfg.student, "teacher_model": cfg.teacher,
+           "warnings": warns, "rule": {k: getattr(cfg, k) for k in ("by", "metric", "baseline", "normalise",
+                                                                      "assignment", "select")},
            "teacher_heads": [list(h) for h in t_heads], "n_student_heads": len(s_heads),
-           "n_pairs": len(pairs), "budget": _budget(cfg, len(s_heads)), "n_items": len(items),
+           "n_pairs": len(pairs), "budget": budget, "n_items": len(items),
            "data_sha256": sha256_file(cfg.data), "circuit_sha256": sha256_file(cfg.circuit),
            "distance_matrix": {"rows": "student heads (layer-major)", "cols": "teacher_heads",
                                "values": np.round(dist, 6).tolist()},
@@ -233,6 +311,31 @@ def match(cfg, progress: bool = True) -> Pairing:
     write_json_atomic(out / "pairing.json", doc)
     _plot(out / "pairing.png", doc, sh.shape, s_heads, t_heads, dist, cfg)
     return Pairing(**doc)
+
+
+def _ablation_effects(cfg, sh, th, items, t_heads, timing: dict, progress: bool):
+    """Own-baseline effects e = metric(base) - metric(head mean-ablated): every student head [n_s] and the
+    teacher circuit heads [n_t], plus both baselines. Means are per position when ``cfg.per_position_means``
+    (as the circuit-only evaluation ablates)."""
+    import time
+
+    import numpy as np
+
+    from ..circuits.ablation import baseline, head_ablation_sweep, mean_head_outputs
+
+    pos = None if cfg.ablation_positions == "all" else "final"
+    out = []
+    for hooked, heads in ((sh, None), (th, [list(h) for h in t_heads])):
+        t0 = time.perf_counter()
+        means = mean_head_outputs(hooked, items, batch_size=cfg.batch_size, per_position=cfg.per_position_means)
+        base = baseline(hooked, items, cfg.metric, cfg.batch_size)
+        abl = head_ablation_sweep(hooked, items, cfg.metric, "mean", means, heads=heads, batch_size=cfg.batch_size,
+                                  positions=pos, progress=progress)
+        hs = heads or [(l, h) for l in range(hooked.shape.n_layers) for h in range(hooked.shape.n_heads)]
+        out.append((np.array([base - float(abl[l, h]) for l, h in hs]), base))
+        timing["student_sweep_s" if heads is None else "teacher_sweep_s"] = time.perf_counter() - t0
+    (e_s, s_base), (e_t, t_base) = out
+    return e_s, e_t, s_base, t_base
 
 
 def _plot(path: Path, doc: dict, shape, s_heads, t_heads, dist, cfg) -> None:
@@ -254,7 +357,8 @@ def _plot(path: Path, doc: dict, shape, s_heads, t_heads, dist, cfg) -> None:
     else:
         best = (1 - dist.min(1)).reshape(shape.n_layers, shape.n_heads)
         im = ax.imshow(best.T, cmap="viridis", aspect="auto", origin="lower")
-        fig.colorbar(im, ax=ax, label="best CKA with a teacher circuit head")
+        fig.colorbar(im, ax=ax, label="best CKA with a teacher circuit head" if cfg.by == "cka"
+                     else "1: same head as a teacher circuit head")
     for p in doc["pairs"]:
         ax.scatter(p["student"][0], p["student"][1], marker="s", s=60, facecolors="none", edgecolors="k")
     ax.set_xlabel("student layer")
@@ -264,7 +368,8 @@ def _plot(path: Path, doc: dict, shape, s_heads, t_heads, dist, cfg) -> None:
     rows = [s_heads.index(tuple(p["student"])) for p in doc["pairs"]]
     sub = dist[rows]
     im = ax.imshow(sub, cmap="magma_r", aspect="auto")
-    fig.colorbar(im, ax=ax, label="distance" + (" |dP_s - dP_t|" if cfg.by == "ablation" else " 1 - CKA"))
+    fig.colorbar(im, ax=ax, label="distance" + {"ablation": " |e_s - e_t| (normalised)", "cka": " 1 - CKA",
+                                                 "identity": " (0: same head)"}[cfg.by])
     for r, p in enumerate(doc["pairs"]):
         ax.scatter(t_heads.index(tuple(p["teacher"])), r, marker="x", color="cyan", s=40)
     ax.set_xticks(range(len(t_heads)), [f"L{l}.H{h}" for l, h in t_heads], rotation=90, fontsize=7)

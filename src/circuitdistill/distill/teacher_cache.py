@@ -8,7 +8,9 @@ Layout of the output directory:
     - ``topk_values`` [N, k] float32, ``topk_indices`` [N, k] int64: the k largest final-position logits
     - ``heads`` [N, H, d_head] float32: outputs (``blocks.L.attn.hook_z``) of H teacher heads at ``position``
     - ``head_list`` [H, 2] int64: (layer, head) of each stored head
-* ``meta.json``: teacher, data file + sha256, N, position, k, vocabulary size and fingerprint, teacher
+* with ``interchange_pairing``: ``cf_topk_values`` / ``cf_topk_indices`` [N, k] the teacher's top-k final-position
+  logits with the pairing's teacher heads patched from the item's corrupted prompt, ``cf_head_list`` [H', 2]
+* ``meta.json``: format version, teacher, data file + sha256, N, position, k, vocabulary size and fingerprint, teacher
   shape, seed/config/package versions.
 
 Row i is item i of the data file (file order). Training from the cache never loads the teacher.
@@ -23,6 +25,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..circuits.interchange import interchange_logits
 from ..models.hooks import HookedLM, hook_name
 from ..tasks.batching import encode_items
 from ..tasks.scoring import forward_inputs
@@ -71,8 +74,17 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
 
         head_list = sorted({p.teacher for p in load_pairing(cfg.pairing).pairs})
     k = min(cfg.top_k, model.get_output_embeddings().weight.shape[0])
+    cf_heads = None
+    if cfg.interchange_pairing:
+        from .matching import load_pairing
+
+        cf_heads = sorted({p.teacher for p in load_pairing(cfg.interchange_pairing).pairs})
+        missing = [i for i, it in enumerate(items) if not it.corrupted_prompt]
+        if missing:
+            raise ValueError(f"{cfg.data}: {len(missing)} item(s) have no corrupted_prompt (first: line "
+                             f"{missing[0] + 1}); the interchange needs one per item")
     t0 = time.time()
-    labels, answers, tv, ti, heads = [], [], [], [], []
+    labels, answers, tv, ti, heads, cfv, cfi = [], [], [], [], [], [], []
     for i in tqdm(range(0, len(items), cfg.batch_size), desc="cache-teacher", unit="batch", disable=not progress):
         batch = encode_items(tok, items[i:i + cfg.batch_size])
         logits, h = teacher_pass(hooked, batch, head_list, cfg.position)
@@ -82,9 +94,18 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
         tv.append(top.values)
         ti.append(top.indices)
         heads.append(h)
+        if cf_heads is not None:
+            corr = encode_items(tok, items[i:i + cfg.batch_size], corrupted=True)
+            with torch.no_grad():
+                cf = interchange_logits(hooked, batch, corr, cf_heads).float().topk(k, dim=-1)
+            cfv.append(cf.values)
+            cfi.append(cf.indices)
     tensors = {"labels": torch.cat(labels), "answer_ids": torch.cat(answers), "topk_values": torch.cat(tv),
                "topk_indices": torch.cat(ti), "heads": torch.cat(heads).contiguous(),
                "head_list": torch.tensor(head_list, dtype=torch.long).reshape(-1, 2)}
+    if cf_heads is not None:
+        tensors.update({"cf_topk_values": torch.cat(cfv), "cf_topk_indices": torch.cat(cfi),
+                        "cf_head_list": torch.tensor(cf_heads, dtype=torch.long).reshape(-1, 2)})
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / CACHE_FILE) as tmp:
@@ -92,7 +113,7 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
     agree = (tensors["labels"] == tensors["answer_ids"]).float().mean().item()
     # label texts let a student with ANOTHER tokenizer use the teacher's labels (re-encoded, first token)
     label_vocab = {int(i): tok.decode([int(i)]) for i in tensors["labels"].unique().tolist()}
-    meta = {"teacher": cfg.teacher, "data": str(cfg.data), "data_sha256": sha256_file(cfg.data), "n_items": len(items),
+    meta = {"format": 2, "teacher": cfg.teacher, "data": str(cfg.data), "data_sha256": sha256_file(cfg.data), "n_items": len(items),
             "position": cfg.position, "top_k": k, "vocab_size": model.get_output_embeddings().weight.shape[0],
             "vocab_fingerprint": vocab_fingerprint(tok),
             "shape": {"n_layers": shape.n_layers, "n_heads": shape.n_heads, "n_kv_heads": shape.n_kv_heads,
@@ -119,6 +140,8 @@ class TeacherCache:
         self.labels, self.answer_ids = t["labels"], t["answer_ids"]
         self.topk_values, self.topk_indices = t["topk_values"], t["topk_indices"]
         self.heads = t["heads"]
+        self.cf_topk = (t["cf_topk_values"], t["cf_topk_indices"]) if "cf_topk_values" in t else None
+        self.cf_head_list = [tuple(map(int, r)) for r in t["cf_head_list"].tolist()] if self.cf_topk else None
         self.head_list = [tuple(map(int, r)) for r in t["head_list"].tolist()]
         self._col = {hd: i for i, hd in enumerate(self.head_list)}
 
@@ -158,6 +181,16 @@ class TeacherCache:
         if missing:
             raise ValueError(f"teacher cache {self.path} lacks teacher head(s) "
                              f"{', '.join(f'L{l}.H{h}' for l, h in missing[:5])}; rebuild it with --heads all")
+
+    def require_interchange(self, teacher_heads: Sequence[tuple[int, int]]) -> None:
+        want = sorted(set(teacher_heads))
+        if self.cf_head_list is None:
+            raise ValueError(f"teacher cache {self.path} holds no interchange outputs; build one with "
+                             "circuitdistill cache-teacher --interchange-pairing PAIRING.json")
+        if self.cf_head_list != want:
+            raise ValueError(f"teacher cache {self.path} patched teacher heads "
+                             f"{', '.join(f'L{l}.H{h}' for l, h in self.cf_head_list[:6])}, but the pairing's "
+                             "partners differ; rebuild it with --interchange-pairing on this pairing")
 
     def head_rows(self, rows: torch.Tensor, heads: Sequence[tuple[int, int]]) -> torch.Tensor:
         """[len(rows), len(heads), d_head] teacher head outputs."""

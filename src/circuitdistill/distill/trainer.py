@@ -31,18 +31,20 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..circuits.interchange import interchange_logits
 from ..models.hooks import HookedLM, hook_name
 from ..tasks.batching import encode_items, first_token_id
 from ..tasks.scoring import forward_inputs
 from ..utils import atomic_path, provenance, save_figure_atomic, seed_everything, sha256_json, write_json_atomic
-from .config import HEAD_ONLY, USES_CE, USES_CKA, DistillConfig
-from .losses import (check_same_vocab, cka_alignment_loss, final_ce, kd_loss_full, kd_loss_topk,
-                     vocab_fingerprint)
+from .config import DistillConfig
+from .losses import check_same_vocab, vocab_fingerprint
+from .losses.terms import TERMS, StepInputs
+from .methods import METHODS, term_names, weight_of
 
 CHECKPOINT = "checkpoint.pt"
 # fields that do not change the trajectory: a resumed run may differ in these (e.g. more steps)
 RESUME_MAY_CHANGE = ("steps", "out", "num_threads", "checkpoint_every", "save_as", "eval_data",
-                     "eval_teacher_cache", "eval_interval", "eval_max_items", "eval_batch_size")
+                     "eval_teacher_cache", "eval_pairing", "eval_interval", "eval_max_items", "eval_batch_size")
 LOG = "log.jsonl"
 
 
@@ -106,14 +108,25 @@ def global_indices(step: int, batch_size: int, n_items: int, seed: int) -> list[
 
 
 def random_pairing(student_heads, aligned_teacher, pool, seed: int) -> list[tuple[int, int]]:
-    """A random teacher partner for each student head (seeded), avoiding its aligned partner when possible."""
+    """The control's partners: each DISTINCT aligned partner is replaced by a distinct random head of ``pool``
+    (never itself when the pool allows), so student heads that share a partner still share one and the control
+    keeps the pairing's many-to-one structure. Seeded."""
     g = torch.Generator().manual_seed(seed + 7919)
-    pool = sorted(set(pool))
-    out = []
-    for s, t in zip(student_heads, aligned_teacher):
-        cands = [p for p in pool if p != t] or pool
-        out.append(cands[int(torch.randint(len(cands), (1,), generator=g))])
-    return out
+    pool = sorted(set(map(tuple, pool)))
+    partners = list(dict.fromkeys(map(tuple, aligned_teacher)))
+    if len(pool) < len(partners):
+        raise ValueError(f"the random control needs {len(partners)} distinct teacher heads, the pool has "
+                         f"{len(pool)}; use random_pool='all'")
+    best = None
+    for _ in range(200):  # rejection sampling towards a draw without fixed points
+        draw = [pool[i] for i in torch.randperm(len(pool), generator=g)[:len(partners)].tolist()]
+        fixed = sum(d == p for d, p in zip(draw, partners))
+        if best is None or fixed < best[0]:
+            best = (fixed, draw)
+        if fixed == 0:
+            break
+    swap = dict(zip(partners, best[1]))
+    return [swap[tuple(t)] for t in aligned_teacher]
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
@@ -141,10 +154,15 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    head_only = cfg.method in HEAD_ONLY
-    # alignment alone leaves the o-slices of the last matched layer without gradient; DDP must be told
+    method = METHODS[cfg.method]
+    head_only = method.trains == "heads"
+    terms = [(TERMS[n], weight_of(cfg.method, n, cfg)) for n in term_names(cfg.method)]
+    terms = [(t, w) for t, w in terms if w != 0.0]
+    needs = frozenset().union(*(t.needs for t, _ in terms))
+    need_rows, need_cf = "head_rows" in needs, "counterfactual" in needs
+    # a pair term alone leaves the o-slices of the last matched layer without gradient; DDP must be told
     accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(
-        find_unused_parameters=cfg.method == "circuit-align")])
+        find_unused_parameters=not any(t.name in ("ce", "kd", "iit") for t, _ in terms))])
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must divide by the number of processes ({world})")
@@ -174,7 +192,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         answers = encode_items(tok, items[:min(len(items), 64)])["answer_ids"] if same_tok else None
         cache.check_data(cfg.data, len(items), answers)
         cache_labels = cache.labels_for(tok, vocab_fingerprint(tok))
-        if cfg.method in USES_CKA and cache.position != cfg.position:
+        if need_rows and cache.position != cfg.position:
             raise ValueError(f"teacher cache {cfg.teacher_cache} stored position {cache.position}; the config asks "
                              f"for position {cfg.position}")
         t_vocab, t_fp = cache.meta["vocab_size"], cache.meta["vocab_fingerprint"]
@@ -201,12 +219,12 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         pairing = load_pairing(cfg.pairing)
         s_heads = pairing.student_heads
         t_heads = [p.teacher for p in pairing.pairs]
-        if cfg.method == "circuit-random":
+        if method.partners == "random":
             pool = ([(l, h) for l in range(t_shape["n_layers"]) for h in range(t_shape["n_heads"])]
-                    if cfg.random_pool == "all" else pairing.teacher_heads)
+                    if cfg.random_pool == "all" else pairing.circuit)
             t_heads = random_pairing(s_heads, t_heads, pool, cfg.seed)
         pairs = list(zip(s_heads, t_heads))
-        if cache is not None and cfg.method in USES_CKA:
+        if cache is not None and need_rows:
             cache.require_heads([t for _, t in pairs])
         from .head_params import HeadDeltas
 
@@ -224,6 +242,20 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     pair_keys = [_pair_key(s, t) for s, t in pairs]
     s_layers = sorted({s[0] for s, _ in pairs})
     t_pairs_heads = [t for _, t in pairs]
+    eval_pairs = _aligned_pairs(cfg)
+    cf_cache = None
+    if need_cf:
+        no_source = [i for i, it in enumerate(items) if not it.corrupted_prompt]
+        if no_source:
+            raise ValueError(f"{cfg.data}: {len(no_source)} training item(s) have no corrupted_prompt (first: line "
+                             f"{no_source[0] + 1}); {cfg.method} patches the matched heads from it")
+        if cache is not None:
+            from .teacher_cache import TeacherCache
+
+            cf_cache = TeacherCache(cfg.interchange_cache) if cfg.interchange_cache else cache
+            if cfg.interchange_cache:
+                cf_cache.check_data(cfg.data, len(items))
+            cf_cache.require_interchange(t_pairs_heads)
 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(student, optimizer)
@@ -253,6 +285,11 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     if cfg.eval_data:
         eval_items = load_items(cfg.eval_data)[:cfg.eval_max_items]
     fault = int(os.environ.get("CIRCUITDISTILL_FAULT_KILL_AFTER_STEP", "-1"))
+    if eval_items is not None and state.step == 0:
+        start = {"step": 0, "eval": _evaluate(cfg, model, tok, eval_items, eval_pairs, accelerator)}
+        state.rows.append(start)
+        if main:
+            _append_log(out / LOG, start)
     t_start = time.time()
     bar = tqdm(range(state.step, cfg.steps), desc=f"distill {cfg.method}", unit="step",
                disable=not (progress and main), initial=state.step, total=cfg.steps)
@@ -266,48 +303,49 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         grows = torch.tensor(gidx)
 
         # teacher side
-        t_logits = None
+        x = StepInputs(final=None, labels=None)
+        local_items = [items[i] for i in gidx[lo:hi]]
         if cache is not None:
             labels = cache_labels[grows[lo:hi]]
-            topk = (cache.topk_values[grows[lo:hi]], cache.topk_indices[grows[lo:hi]])
-            t_rows = cache.head_rows(grows, t_pairs_heads).to(device) if cfg.method in USES_CKA else None
+            x.teacher_topk = (cache.topk_values[grows[lo:hi]], cache.topk_indices[grows[lo:hi]])
+            x.teacher_rows = cache.head_rows(grows, t_pairs_heads).to(device) if need_rows else None
+            if need_cf:
+                x.cf_teacher = tuple(t[grows[lo:hi]] for t in cf_cache.cf_topk)
         else:
             from .teacher_cache import teacher_pass
 
             t_in = local if same_tok else {k: v[lo:hi] for k, v in encode_items(t_tok, [items[i] for i in gidx]).items()}
-            t_logits, t_local = teacher_pass(t_hooked, t_in, t_pairs_heads if cfg.method in USES_CKA else [],
-                                             cfg.position)
+            t_logits, t_local = teacher_pass(t_hooked, t_in, t_pairs_heads if need_rows else [], cfg.position)
             labels = t_logits.argmax(-1)
             if not same_tok:  # teacher token -> text -> the student's first token
                 labels = torch.tensor([first_token_id(tok, t_tok.decode([int(i)])) for i in labels.tolist()])
-            topk = None
-            t_rows = gather_rows_nograd(t_local) if cfg.method in USES_CKA else None
+            x.teacher_logits = t_logits
+            x.teacher_rows = gather_rows_nograd(t_local) if need_rows else None
+            if need_cf:
+                with torch.no_grad():
+                    x.cf_teacher = interchange_logits(t_hooked, t_in, encode_items(t_tok, local_items, corrupted=True),
+                                                      sorted(set(t_pairs_heads)), cfg.position).float()
         if cfg.label_source == "gold":
             labels = local["answer_ids"]
-        labels = labels.to(device)
+        x.labels = labels.to(device)
 
-        # student forward (record matched heads' outputs when aligning)
-        record = [hook_name(l, "attn.hook_z") for l in s_layers] if cfg.method in USES_CKA else []
+        # student forward (record matched heads' outputs for pair terms)
+        record = [hook_name(l, "attn.hook_z") for l in s_layers] if need_rows else []
         with s_hooked.hooks(record=record) as rec:
-            final = model(**inputs, logits_to_keep=1).logits[:, -1, :]
-        terms: dict[str, torch.Tensor] = {}
-        if cfg.method in USES_CE or (cfg.method == "logit-kd" and cfg.kd_ce_weight > 0):
-            ce = final_ce(final, labels)
-            terms["ce"] = ce * (cfg.kd_ce_weight if cfg.method == "logit-kd" else 1.0)
-        if cfg.method == "logit-kd":
-            if t_logits is not None:
-                terms["kd"] = kd_loss_full(final, t_logits.to(device), cfg.kd_temperature)
-            else:
-                terms["kd"] = kd_loss_topk(final, topk[0], topk[1], cfg.kd_temperature)
-        ckas = None
-        if cfg.method in USES_CKA:
+            x.final = model(**inputs, logits_to_keep=1).logits[:, -1, :]
+        if need_rows:
             s_local = torch.stack([rec[hook_name(l, "attn.hook_z")][:, cfg.position, h, :] for (l, h), _ in pairs], 1)
-            s_rows = gather_rows(s_local)
-            align, ckas = cka_alignment_loss([s_rows[:, i] for i in range(len(pairs))],
-                                             [t_rows[:, i] for i in range(len(pairs))], cfg.lam,
-                                             debiased=cfg.estimator == "debiased")
-            terms["align"] = align
-        loss = sum(terms.values())
+            x.student_rows = gather_rows(s_local)
+        if need_cf:
+            x.cf_final = interchange_logits(s_hooked, local, encode_items(tok, local_items, corrupted=True),
+                                            [s for s, _ in pairs], cfg.position)
+        values: dict[str, torch.Tensor] = {}
+        extras: dict[str, dict] = {}
+        for term, weight in terms:
+            v, info = term.value(x, cfg)
+            values[term.name] = weight * v
+            extras[term.name] = info
+        loss = sum(values.values())
         accelerator.backward(loss)
         grad_norm = None
         if cfg.grad_clip is not None:
@@ -315,23 +353,24 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-        # log (global values: local means averaged over processes; CKA is already global)
+        # log (global values: local means averaged over processes; pair terms are already global)
         row = {"step": step + 1}
         total = 0.0
-        for k, v in terms.items():
-            g = _mean_all(v).item() if k != "align" else v.item()
+        for k, v in values.items():
+            g = v.item() if "pair_similarity" in extras[k] else _mean_all(v).item()
             row[k] = g
             total += g
+            if "pair_similarity" in extras[k]:
+                sims = extras[k]["pair_similarity"]
+                row[f"{k}_pairs"] = dict(zip(pair_keys, sims.tolist()))
+                row[f"{k}_mean"] = sims.mean().item()
         row["loss"] = total
-        if ckas is not None:
-            row["cka"] = dict(zip(pair_keys, ckas.tolist()))
-            row["cka_mean"] = ckas.mean().item()
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         row["step_time_s"] = time.perf_counter() - t0
         row["step_cpu_s"] = time.process_time() - c0  # CPU seconds of this process (robust on a shared machine)
         if eval_items is not None and cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
-            row["eval"] = _evaluate(cfg, model, tok, eval_items, pairs, accelerator)
+            row["eval"] = _evaluate(cfg, model, tok, eval_items, eval_pairs, accelerator)
         state.rows.append(row)
         state.step = step + 1
         if main:
@@ -346,15 +385,16 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
             os.kill(os.getpid(), signal.SIGKILL)
 
     # --- finish ---
-    final_eval = _evaluate(cfg, model, tok, eval_items, pairs, accelerator) if eval_items is not None else None
+    final_eval = _evaluate(cfg, model, tok, eval_items, eval_pairs, accelerator) if eval_items is not None else None
     if deltas is not None:
         deltas.merge()
+    timed = [r for r in state.rows if "step_time_s" in r]
     summary = {"method": cfg.method, "steps": cfg.steps, "world_size": world, "trainable": report,
                "pairs": [{"student": list(s), "teacher": list(t)} for s, t in pairs],
                "final": state.rows[-1] if state.rows else None, "final_eval": final_eval,
                "wall_s_this_session": round(time.time() - t_start, 2),
-               "mean_step_time_s": _mean([r["step_time_s"] for r in state.rows[1:]] or
-                                         [r["step_time_s"] for r in state.rows]),
+               "start_eval": next((r["eval"] for r in state.rows if r["step"] == 0), None),
+               "mean_step_time_s": _mean([r["step_time_s"] for r in timed[1:]] or [r["step_time_s"] for r in timed]),
                **provenance(cfg.seed, cfg)}
     if main:
         _plot(out / "loss.png", state.rows, cfg)
@@ -370,6 +410,14 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         write_json_atomic(out / "summary.json", summary)
     accelerator.wait_for_everyone()
     return summary
+
+
+def _aligned_pairs(cfg: DistillConfig) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The pairs whose held-out alignment is measured: the ALIGNED pairing, whatever partners the loss uses."""
+    from .matching import load_pairing
+
+    path = cfg.eval_pairing or cfg.pairing
+    return [(p.student, p.teacher) for p in load_pairing(path).pairs] if path else []
 
 
 def _mean(xs):
@@ -419,7 +467,8 @@ def _append_log(path: Path, row: dict) -> None:
 
 @torch.no_grad()
 def _evaluate(cfg: DistillConfig, model, tok, eval_items, pairs, accelerator) -> dict | None:
-    """Main process: task accuracy of the student on eval items; per-pair CKA over them if a cache is given."""
+    """Main process: task accuracy of the student on eval items; with an eval teacher cache also the held-out
+    alignment, exact debiased CKA over all eval items between each student head and its aligned partner."""
     res = None
     if accelerator.is_main_process:
         from ..tasks.scoring import evaluate
@@ -437,7 +486,7 @@ def _evaluate(cfg: DistillConfig, model, tok, eval_items, pairs, accelerator) ->
             t_heads = [t for _, t in pairs]
             ec.require_heads(t_heads)
             hooked = HookedLM(inner, tok)
-            accs = [CKAAccumulator(debiased=cfg.estimator == "debiased") for _ in pairs]
+            accs = [CKAAccumulator(debiased=True) for _ in pairs]
             layers = sorted({s[0] for s, _ in pairs})
             device = next(inner.parameters()).device
             for i in range(0, len(eval_items), cfg.eval_batch_size):
@@ -455,6 +504,7 @@ def _evaluate(cfg: DistillConfig, model, tok, eval_items, pairs, accelerator) ->
 
 
 def _plot(path: Path, rows: list[dict], cfg: DistillConfig) -> None:
+    rows = [r for r in rows if "loss" in r]
     if not rows:
         return
     import matplotlib
@@ -463,25 +513,25 @@ def _plot(path: Path, rows: list[dict], cfg: DistillConfig) -> None:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in rows]
-    has_cka = any("cka" in r for r in rows)
-    fig, axes = plt.subplots(1, 2 if has_cka else 1, figsize=(11 if has_cka else 6, 4), squeeze=False)
+    pair_key = next((k for k in rows[-1] if k.endswith("_pairs")), None)
+    fig, axes = plt.subplots(1, 2 if pair_key else 1, figsize=(11 if pair_key else 6, 4), squeeze=False)
     ax = axes[0, 0]
-    for key in ("loss", "ce", "kd", "align"):
+    for key in ["loss"] + list(term_names(cfg.method)):
         if any(key in r for r in rows):
             ax.plot(steps, [r.get(key, math.nan) for r in rows], label=key)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss (weighted terms)")
     ax.set_title(f"{cfg.method}: training loss")
     ax.legend()
-    if has_cka:
+    if pair_key:
+        term = pair_key[:-len("_pairs")]
         ax = axes[0, 1]
-        keys = list(next(r["cka"] for r in rows if "cka" in r))
-        for k in keys:
-            ax.plot(steps, [r.get("cka", {}).get(k, math.nan) for r in rows], lw=0.8, alpha=0.5)
-        ax.plot(steps, [r.get("cka_mean", math.nan) for r in rows], color="k", lw=2, label="mean over pairs")
+        for k in rows[-1][pair_key]:
+            ax.plot(steps, [r.get(pair_key, {}).get(k, math.nan) for r in rows], lw=0.8, alpha=0.5)
+        ax.plot(steps, [r.get(f"{term}_mean", math.nan) for r in rows], color="k", lw=2, label="mean over pairs")
         ax.set_xlabel("step")
-        ax.set_ylabel(f"CKA ({cfg.estimator}, global batch m={cfg.batch_size})")
-        ax.set_title("per-pair CKA (student head ~ teacher head)")
+        ax.set_ylabel(f"{term} similarity (training batch, m={cfg.batch_size})")
+        ax.set_title("per-pair similarity (student head ~ teacher head)")
         ax.legend()
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=110)

@@ -9,14 +9,14 @@ patched and predictions are compared as decoded strings.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.hooks import HookedLM, hook_name, patch
+from ..circuits.interchange import interchange_logits
+from ..models.hooks import HookedLM
 from ..tasks.batching import encode_items, model_inputs
 from ..tasks.schema import TaskItem
 
@@ -27,22 +27,13 @@ Head = tuple[int, int]
 def patched_predictions(hooked: HookedLM, items: Sequence[TaskItem], heads: Sequence[Head], batch_size: int = 16,
                         progress: bool = False) -> tuple[list[str], list[str]]:
     """(clean predictions, predictions with `heads` patched from the corrupted run at the final position)."""
-    by_layer: dict[int, list[int]] = defaultdict(list)
-    for l, h in heads:
-        by_layer[l].append(h)
-    names = [hook_name(l, "attn.hook_z") for l in sorted(by_layer)]
     tok = hooked.tokenizer
     clean_pred, patched_pred = [], []
     for i in tqdm(range(0, len(items), batch_size), desc="interchange", disable=not progress, leave=False):
         chunk = items[i:i + batch_size]
         clean, corr = encode_items(tok, chunk), encode_items(tok, chunk, corrupted=True)
-        with hooked.hooks(record=names, detach=True) as rec:
-            hooked.model(**model_inputs(corr))
-        ivs = [patch(hook_name(l, "attn.hook_z"), rec[hook_name(l, "attn.hook_z")], heads=sorted(hs), positions=[-1])
-               for l, hs in by_layer.items()]
         base = hooked.model(**model_inputs(clean)).logits[:, -1]
-        with hooked.hooks(interventions=ivs):
-            patched = hooked.model(**model_inputs(clean)).logits[:, -1]
+        patched = interchange_logits(hooked, clean, corr, heads)
         clean_pred += [tok.decode(t).strip() for t in base.argmax(-1)]
         patched_pred += [tok.decode(t).strip() for t in patched.argmax(-1)]
     return clean_pred, patched_pred
