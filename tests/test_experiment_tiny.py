@@ -27,7 +27,8 @@ def test_tiny_experiment_writes_every_artifact_and_reuses_its_stages(tiny_pair, 
     monkeypatch.setenv("CIRCUITDISTILL_HOME", str(tmp_path / "home"))
     logs = []
     cfg = preset("tiny", "entity-tracking", str(tmp_path / "run"), teacher_base=tiny_pair["teacher"],
-                 student_base=tiny_pair["student"], methods=["full-kd", "circuit-ce", "circuit-random", "circuit"])
+                 student_base=tiny_pair["student"],
+                 methods=["full-kd", "circuit-ce", "circuit-random", "circuit", "circuit-iit"])
     res = run_experiment(cfg, log=logs.append)
     out = tmp_path / "run"
     for f in ("report.md", "results.json", "config.json", "teacher_circuit.png", "accuracy_warm.png",
@@ -35,15 +36,21 @@ def test_tiny_experiment_writes_every_artifact_and_reuses_its_stages(tiny_pair, 
         assert (out / f).exists(), f
     results = json.loads((out / "results.json").read_text())
     rows = results["variants"]["warm"]["rows"]
-    assert set(rows) == {"base student", "full-kd", "circuit-ce", "circuit-random", "circuit"}
+    assert set(rows) == {"base student", "full-kd", "circuit-ce", "circuit-random", "circuit", "circuit-iit"}
     for name, row in rows.items():
         for ev in row["seeds"].values():
             assert 0.0 <= ev["full"] <= 1.0 and 0.0 <= ev["circuit"] <= 1.0
             per_item = json.loads(open(ev["per_item"]).read())
             assert len(per_item["full"]) == cfg.n_test
     mc = results["variants"]["warm"]["mcnemar"]
-    assert set(mc) >= {"full-kd", "circuit-ce", "circuit-random", "base student", "teacher"}
-    assert all(0.0 <= v["p_value"] <= 1.0 for m in mc.values() for v in m.values())
+    assert set(mc) == {"circuit", "circuit-iit"}  # every aligned-pair row is tested against the others
+    assert set(mc["circuit"]) >= {"full-kd", "circuit-ce", "circuit-random", "circuit-iit", "base student", "teacher"}
+    assert all(0.0 <= v["p_value"] <= 1.0 for m in mc.values() for o in m.values() for v in o.values())
+    held = results["variants"]["warm"]["heldout_alignment"]
+    assert set(held) == set(rows) - {"base student"}  # every trained row, full-kd too
+    assert all(0 <= len(h["0"]["per_pair_after"]) == results["variants"]["warm"]["pairing"]["n_pairs"]
+               for h in held.values())
+    assert "Held-out alignment" in (out / "report.md").read_text() and (out / "heldout_alignment_warm.png").exists()
     mech = results["variants"]["warm"]["mechanism"]["circuit"]
     assert "error" not in mech, mech
     assert 0.0 <= mech["interchange"]["matched"]["agreement"] <= 1.0
@@ -59,4 +66,4 @@ def test_tiny_experiment_writes_every_artifact_and_reuses_its_stages(tiny_pair, 
     logs.clear()
     res3 = run_experiment(cfg.model_copy(update={"lam": cfg.lam * 2}), log=logs.append)
     retrained = {k for k, t in res3["timings"].items() if k.startswith("train-") and not t["cached"]}
-    assert retrained == {"train-warm-circuit-random-s0", "train-warm-circuit-s0"}
+    assert retrained == {"train-warm-circuit-random-s0", "train-warm-circuit-s0"}  # not circuit-iit: no lambda

@@ -71,5 +71,38 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
+def study_cmd(
+    preset: str = typer.Option("demo", help="demo | paper | tiny: the experiment preset the grid runs on"),
+    out: Optional[str] = typer.Option(None, help="output directory (default runs/study-PRESET); point it at an "
+                                      "experiment's directory to reuse its stages"),
+    budgets: Optional[str] = typer.Option(None, help="comma-separated training-item budgets (default 64,256,640)"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default 0,1,2)"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated rows (default: full-kd, circuit-ce, circuit, "
+                                          "circuit-procrustes, circuit-iit, circuit-random)"),
+    set_: list[str] = typer.Option([], "--set", help="override any StudyConfig field: KEY=VALUE (VALUE as JSON); "
+                                   "repeatable"),
+):
+    """When does mechanism transfer help? Every row at several data budgets and seeds: validation curves,
+    steps to reach each accuracy, test accuracy with McNemar against circuit-ce and full-kd, held-out alignment.
+    """
+    from ..experiment.study import run_study, study_preset
+
+    try:
+        cfg = study_preset(preset, out, budgets=[int(b) for b in budgets.split(",")] if budgets else None,
+                           seeds=[int(s) for s in seeds.split(",")] if seeds else None,
+                           methods=[m.strip() for m in methods.split(",")] if methods else None)
+        for key, value in parse_overrides(set_).items():
+            if key not in type(cfg).model_fields:
+                raise ValueError(f"--set {key}: no such field; see StudyConfig in experiment/study.py")
+            setattr(cfg, key, value)
+    except (ValidationError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    res = run_study(cfg, log=typer.echo)
+    typer.echo((__import__("pathlib").Path(cfg.out) / "study.md").read_text())
+    typer.echo(f"report: {cfg.out}/study.md  ({res['wall_seconds'] / 60:.1f} min)")
+
+
 def register(app: typer.Typer) -> None:
     app.command("experiment")(experiment_cmd)
+    app.command("study")(study_cmd)

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..distill.config import METHODS
+from ..distill.methods import METHOD_NAMES
 
 Task = Literal["entity-tracking", "tom"]
 ROWS_DEMO = ("full-kd", "circuit-ce", "circuit-random", "circuit")
@@ -44,7 +44,16 @@ class ExperimentConfig(BaseModel):
     discovery_method: Literal["activation", "attribution", "path"] = Field("activation")
     discovery_items: int = Field(64, ge=4, description="items for the discovery sweep")
     circuit_share: float = Field(0.10, gt=0, le=1, description="teacher circuit size as a share of its heads")
-    match_by: Literal["ablation", "cka"] = Field("ablation", description="ablation effects (paper) or activation CKA")
+    match_by: Literal["ablation", "cka", "identity"] = Field(
+        "ablation", description="ablation effects, activation CKA, or identity (student L.H ~ teacher L.H over the "
+        "circuit; same architecture only)")
+    match_baseline: Literal["own", "student"] = Field(
+        "own", description="ablation effects against each model's own baseline, normalised (own), or the paper's "
+        "literal rule against the student's base (student; collapses when the teacher is much better)")
+    match_normalise: Literal["share", "rank", "none"] = Field("share", description="per-model normalisation of "
+                                                              "the effects (baseline own)")
+    match_metric: Literal["logprob", "logit_diff", "accuracy", "candidate_accuracy"] = Field(
+        "logprob", description="the metric whose drop is a head's effect in matching")
     match_items: int = Field(64, ge=4, description="validation items for the matching sweeps")
     match_positions: Literal["final", "all"] = Field(
         "final", description="where heads are mean-ablated in the matching sweeps: the final token (where the "
@@ -52,12 +61,14 @@ class ExperimentConfig(BaseModel):
     head_budget: float = Field(0.15, gt=0, le=1, description="max share of student heads trained")
     one_to_one: bool = Field(False, description="Hungarian one-to-one matching instead of many-to-one")
     # ---- training ----
-    methods: list[str] = Field(list(ROWS_DEMO), min_length=1, description=f"rows to train: {', '.join(METHODS)}")
+    methods: list[str] = Field(list(ROWS_DEMO), min_length=1, description=f"rows to train: {', '.join(METHOD_NAMES)}")
     steps: int = Field(40, ge=1, description="optimizer steps per method")
     batch_size: int = Field(16, ge=2, description="global batch size (the CKA's m)")
     lr: float = Field(2e-5, gt=0, description="learning rate, all methods (paper: 2e-5)")
     head_lr: float | None = Field(None, gt=0, description="learning rate for head-only methods (None: same as lr)")
-    lam: float = Field(1.0, ge=0, description="lambda of the alignment term")
+    lam: float = Field(0.1, ge=0, description="lambda of the pair alignment term (CKA or Procrustes)")
+    lam_reduction: Literal["sum", "mean"] = Field("sum", description="pair alignment term: sum or mean over pairs")
+    iit_weight: float = Field(1.0, ge=0, description="weight of the interchange term (circuit-iit)")
     estimator: Literal["biased", "debiased"] = Field("biased", description="CKA estimator in the loss")
     eval_interval: int = Field(10, ge=0, description="validation accuracy every N steps (sample-efficiency curve)")
     eval_items: int = Field(100, ge=8, description="validation items per curve point")
@@ -79,9 +90,9 @@ class ExperimentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        bad = [m for m in self.methods + (self.analyze_methods or []) if m not in METHODS]
+        bad = [m for m in self.methods + (self.analyze_methods or []) if m not in METHOD_NAMES]
         if bad:
-            raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+            raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHOD_NAMES)}")
         return self
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..distill.config import HEAD_ONLY, USES_CKA
+from ..distill.methods import HEAD_ONLY, METHODS, fields_read
 from ..models.hooks import HookedLM
 from ..models.registry import BUILTINS, load_model, prepare, resolve, save_model_dir
 from ..tasks.io import load_items, save_items
@@ -137,8 +137,9 @@ def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str,
 
     n_student_heads = HookedLM(_load(student)[0]).shape.n_total_heads
     mcfg = MatchConfig(teacher=teacher, student=student, circuit=circuit, data=data["validation"], out=str(d),
-                       by=cfg.match_by, max_items=cfg.match_items, budget=cfg.head_budget,
-                       ablation_positions=cfg.match_positions,
+                       by=cfg.match_by, baseline=cfg.match_baseline, normalise=cfg.match_normalise,
+                       metric=cfg.match_metric, per_position_means=cfg.per_position_means,
+                       max_items=cfg.match_items, budget=cfg.head_budget, ablation_positions=cfg.match_positions,
                        assignment="hungarian" if cfg.one_to_one else "nearest", seed=cfg.data_seed,
                        num_threads=cfg.threads)
     pairing = match(mcfg)
@@ -156,17 +157,39 @@ def stage_cache(cfg: ExperimentConfig, teacher: str, data: dict, d: Path) -> dic
     return {"train": str(train)}
 
 
+def stage_cache_validation(cfg: ExperimentConfig, teacher: str, data: dict, d: Path) -> dict:
+    """Every teacher head on the validation items: the held-out alignment of every trained row reads it."""
+    from ..distill.config import CacheConfig
+    from ..distill.teacher_cache import build_cache
+
+    return {"validation": str(build_cache(CacheConfig(teacher=teacher, data=data["validation"], out=str(d),
+                                                      heads="all", num_threads=cfg.threads)))}
+
+
+def stage_cache_interchange(cfg: ExperimentConfig, teacher: str, data: dict, pairing: str, d: Path) -> dict:
+    """The teacher's outputs with its paired heads patched from the corrupted prompts (circuit-iit's targets)."""
+    from ..distill.config import CacheConfig
+    from ..distill.teacher_cache import build_cache
+
+    return {"interchange": str(build_cache(CacheConfig(teacher=teacher, data=data["train"], out=str(d),
+                                                       heads="paired", pairing=pairing, interchange_pairing=pairing,
+                                                       num_threads=cfg.threads)))}
+
+
 def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, teacher: str, cache: dict,
-                pairing: str, data: dict, d: Path) -> dict:
-    from ..distill.config import DistillConfig, HEAD_ONLY
+                pairing: str, data: dict, d: Path, max_train_items: int | None = None) -> dict:
+    from ..distill.config import DistillConfig
     from ..distill.trainer import train
 
-    lr = cfg.head_lr if (cfg.head_lr and method in HEAD_ONLY) else cfg.lr
+    head_only = method in HEAD_ONLY
+    lr = cfg.head_lr if (cfg.head_lr and head_only) else cfg.lr
     dcfg = DistillConfig(method=method, student=student, teacher_cache=cache["train"], data=data["train"],
-                         pairing=pairing if method in HEAD_ONLY else None, out=str(d), lam=cfg.lam, lr=lr,
-                         steps=cfg.steps, batch_size=cfg.batch_size, seed=seed, estimator=cfg.estimator,
-                         eval_data=data["validation"], eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items,
-                         num_threads=cfg.threads)
+                         pairing=pairing if head_only else None, eval_pairing=pairing, out=str(d), lam=cfg.lam,
+                         lam_reduction=cfg.lam_reduction, iit_weight=cfg.iit_weight, lr=lr, steps=cfg.steps,
+                         batch_size=cfg.batch_size, seed=seed, estimator=cfg.estimator,
+                         interchange_cache=cache.get("interchange"), max_train_items=max_train_items,
+                         eval_data=data["validation"], eval_teacher_cache=cache.get("validation"),
+                         eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items, num_threads=cfg.threads)
     summary = train(dcfg, resume=True, progress=True)
     model, tok = _load(student)
     from safetensors.torch import load_model as load_weights
@@ -176,7 +199,16 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
     save_model_dir(model, tok, d / "model", {"name": f"experiment-{method}-s{seed}",
                                              "distill": dcfg.model_dump(mode="json")})
     return {"model": str(d / "model"), "log": str(d / "log.jsonl"), "trainable": summary["trainable"],
-            "mean_step_time_s": summary["mean_step_time_s"]}
+            "mean_step_time_s": summary["mean_step_time_s"],
+            "heldout_alignment": _alignment_summary(summary.get("start_eval"), summary.get("final_eval"))}
+
+
+def _alignment_summary(start: dict | None, final: dict | None) -> dict | None:
+    """Mean held-out debiased CKA over the aligned pairs before and after training."""
+    if not start or not final or "cka_mean" not in final:
+        return None
+    return {"before": start["cka_mean"], "after": final["cka_mean"], "per_pair_after": final["cka"],
+            "val_accuracy_before": start["accuracy"], "val_accuracy_after": final["accuracy"]}
 
 
 def _circuit_eval(model, tok, items, heads, reference, batch_size, positions: str = "final",
@@ -292,6 +324,72 @@ def _optional(log, what: str, fn):
         return {"error": f"{type(e).__name__}: {e}"}
 
 
+def _pick(cfg: ExperimentConfig, *keys) -> dict:
+    """The config fields a stage's key depends on."""
+    c = cfg.model_dump(mode="json")
+    return {k: c[k] for k in keys}
+
+
+def eval_key(cfg: ExperimentConfig) -> dict:
+    return _pick(cfg, "circuit_positions", "per_position_means", "n_test", "test_batch_size")
+
+
+def prepare_stages(cfg: ExperimentConfig, R: StageRunner, log=print) -> dict:
+    """Every stage before training: models, data, teacher, circuit, teacher caches, students and pairings."""
+    pick = lambda *keys: _pick(cfg, *keys)  # noqa: E731
+    models = R.run("models", pick("teacher_base", "student_base", "teacher", "student"),
+                   lambda d: stage_models(cfg)).outputs
+    data = R.run("data", pick("task", "boxes", "n_train", "n_validation", "n_test", "data_seed"),
+                 lambda d: stage_data(cfg, models, d), deps=("models",)).outputs
+    teacher = R.run("teacher", pick("teacher_steps", "teacher_target", "threads"),
+                    lambda d: stage_teacher(cfg, models, data, d), deps=("data",)).outputs["model"]
+    disc = R.run("discover", pick("discovery_method", "discovery_items", "circuit_share"),
+                 lambda d: stage_discover(cfg, teacher, data, d), deps=("teacher",)).outputs
+    cache = dict(R.run("cache", {}, lambda d: stage_cache(cfg, teacher, data, d), deps=("teacher",)).outputs)
+    cache.update(R.run("cache-val", {}, lambda d: stage_cache_validation(cfg, teacher, data, d),
+                       deps=("teacher",)).outputs)
+    variants = {"given": models["student"]} if "student" in models else {}
+    for v in ([] if variants else cfg.students):
+        if v == "cold":
+            variants["cold"] = models["student_base"]
+        else:
+            variants["warm"] = R.run("student-warm", {**pick("warm_target", "warm_steps", "threads", "preset"),
+                                                      **_warm_recipe()},
+                                     lambda d: stage_warm_student(cfg, models, data, d), deps=("data",)).outputs["model"]
+    students = {}
+    for v, student in variants.items():
+        match = R.run(f"match-{v}", {**pick("match_by", "match_items", "head_budget", "one_to_one", "match_positions",
+                                            "match_baseline", "match_normalise", "match_metric", "per_position_means"),
+                                     "s": student},
+                      lambda d: stage_match(cfg, teacher, student, disc["circuit"], data, d), deps=("discover",)).outputs
+        v_cache = dict(cache)
+        if any(METHODS[m].partners and "iit" in dict(METHODS[m].terms) for m in cfg.methods):
+            v_cache.update(R.run(f"cache-iit-{v}", {}, lambda d: stage_cache_interchange(
+                cfg, teacher, data, match["pairing"], d), deps=(f"match-{v}",)).outputs)
+        students[v] = {"student": student, "match": match, "cache": v_cache}
+    return {"models": models, "data": data, "teacher": teacher, "discover": disc, "students": students}
+
+
+def train_row(cfg: ExperimentConfig, R: StageRunner, ctx: dict, v: str, method: str, seed: int,
+              max_train_items: int | None = None) -> tuple[dict, dict]:
+    """Train one row (cached) and evaluate it on the test split; returns (train outputs, test outputs)."""
+    st = ctx["students"][v]
+    budget = f"-n{max_train_items}" if max_train_items else ""
+    key = f"{v}-{method}{budget}-s{seed}"
+    # a row is keyed only by the settings its loss reads, so a lambda sweep never retrains full-kd
+    knobs = ["steps", "batch_size", "lr", "eval_interval", "eval_items"]
+    knobs += (["head_lr"] if method in HEAD_ONLY else []) + \
+        [f for f in fields_read(method) if f in ExperimentConfig.model_fields]
+    deps = ("cache", "cache-val", f"match-{v}") + ((f"cache-iit-{v}",) if "interchange" in st["cache"] else ())
+    tr = R.run(f"train-{key}", {**_pick(cfg, *knobs), "method": method, "seed": seed,
+                                "max_train_items": max_train_items},
+               lambda d: stage_train(cfg, method, seed, st["student"], ctx["teacher"], st["cache"],
+                                     st["match"]["pairing"], ctx["data"], d, max_train_items), deps=deps).outputs
+    ev = R.run(f"eval-{key}", eval_key(cfg), lambda d: stage_evaluate(cfg, tr["model"], st["match"]["student_heads"],
+                                                                       ctx["data"], d), deps=(f"train-{key}",)).outputs
+    return tr, ev
+
+
 def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
     from .report import write_report
     from .stats import mcnemar
@@ -303,17 +401,10 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
     write_json_atomic(out / "config.json", provenance(cfg.data_seed, cfg))
     R = StageRunner(out, log=log)
     c = cfg.model_dump(mode="json")
-    pick = lambda *keys: {k: c[k] for k in keys}  # noqa: E731 - the config fields a stage's key depends on
-    ev_key = pick("circuit_positions", "per_position_means", "n_test", "test_batch_size")
-
-    models = R.run("models", pick("teacher_base", "student_base", "teacher", "student"),
-                   lambda d: stage_models(cfg)).outputs
-    data = R.run("data", pick("task", "boxes", "n_train", "n_validation", "n_test", "data_seed"),
-                 lambda d: stage_data(cfg, models, d), deps=("models",)).outputs
-    teacher = R.run("teacher", pick("teacher_steps", "teacher_target", "threads"),
-                    lambda d: stage_teacher(cfg, models, data, d), deps=("data",)).outputs["model"]
-    disc = R.run("discover", pick("discovery_method", "discovery_items", "circuit_share"),
-                 lambda d: stage_discover(cfg, teacher, data, d), deps=("teacher",)).outputs
+    pick = lambda *keys: _pick(cfg, *keys)  # noqa: E731
+    ev_key = eval_key(cfg)
+    ctx = prepare_stages(cfg, R, log)
+    data, teacher, disc = ctx["data"], ctx["teacher"], ctx["discover"]
     from ..circuits.circuit import Circuit
 
     circuit = Circuit.load(disc["circuit"])
@@ -324,29 +415,17 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
         results["teacher"]["random_control"] = R.run("random-teacher", {**ev_key, **pick("n_random_sets")}, lambda d:
                                                      stage_random_control(cfg, teacher, disc["circuit"], data, d),
                                                      deps=("discover",)).outputs
-    cache = R.run("cache", {}, lambda d: stage_cache(cfg, teacher, data, d), deps=("teacher",)).outputs
-
-    variants = {"given": models["student"]} if "student" in models else {}
-    for v in ([] if variants else cfg.students):
-        if v == "cold":
-            variants["cold"] = models["student_base"]
-        else:
-            variants["warm"] = R.run("student-warm", {**pick("warm_target", "warm_steps", "threads", "preset"), **_warm_recipe()},
-                                     lambda d: stage_warm_student(cfg, models, data, d), deps=("data",)).outputs["model"]
-    for v, student in variants.items():
-        vres: dict = {"student": student, "rows": {}}
+    for v, st in ctx["students"].items():
+        student, match = st["student"], st["match"]
+        vres: dict = {"student": student, "rows": {}, "pairing": match}
         results["variants"][v] = vres
-        match = R.run(f"match-{v}", {**pick("match_by", "match_items", "head_budget", "one_to_one", "match_positions"),
-                                          "s": student},
-                      lambda d: stage_match(cfg, teacher, student, disc["circuit"], data, d), deps=("discover",)).outputs
-        vres["pairing"] = match
         heads = match["student_heads"]
         base_eval = R.run(f"eval-{v}-base", {**ev_key, "s": student}, lambda d: stage_evaluate(cfg, student, heads, data, d),
                           deps=(f"match-{v}",)).outputs
         vres["rows"]["base student"] = {"seeds": {"-": base_eval}}
         vres["side_effects"] = {"base student": _optional(log, "side-effects", lambda: R.run(
             f"ppl-{v}-base", {"s": student}, lambda d: stage_side_effects(cfg, student, d)).outputs)}
-        vres["mechanism"], vres["alignment"] = {}, {}
+        vres["mechanism"], vres["alignment"], vres["heldout_alignment"] = {}, {}, {}
         vres["alignment"]["base student"] = _optional(log, "alignment", lambda: R.run(
             f"align-{v}-base", pick("compare_items"), lambda d: stage_alignment(cfg, teacher, student, data, d),
             deps=(f"match-{v}",)).outputs)
@@ -354,19 +433,10 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
             row = vres["rows"].setdefault(method, {"seeds": {}})
             for seed in cfg.seeds:
                 key = f"{v}-{method}-s{seed}"
-                # a row is keyed only by the settings its loss reads, so a lambda sweep never retrains full-kd
-                knobs = ["steps", "batch_size", "lr", "eval_interval", "eval_items"]
-                if method in HEAD_ONLY:
-                    knobs.append("head_lr")
-                if method in USES_CKA:
-                    knobs += ["lam", "estimator"]
-                tr = R.run(f"train-{key}", {**pick(*knobs), "method": method, "seed": seed},
-                           lambda d: stage_train(cfg, method, seed, student, teacher, cache, match["pairing"], data, d),
-                           deps=("cache", f"match-{v}")).outputs
-                ev = R.run(f"eval-{key}", ev_key, lambda d: stage_evaluate(cfg, tr["model"], heads, data, d),
-                           deps=(f"train-{key}",)).outputs
+                tr, ev = train_row(cfg, R, ctx, v, method, seed)
                 row["seeds"][str(seed)] = {**ev, "log": tr["log"], "model": tr["model"]}
                 row["trainable"] = tr["trainable"]
+                vres["heldout_alignment"].setdefault(method, {})[str(seed)] = tr.get("heldout_alignment")
                 if seed != cfg.seeds[0]:
                     continue
                 vres["side_effects"][method] = _optional(log, "side-effects", lambda: R.run(
@@ -381,27 +451,35 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
                     vres["alignment"][method] = _optional(log, "alignment", lambda: R.run(
                         f"align-{key}", pick("compare_items"),
                         lambda d: stage_alignment(cfg, teacher, tr["model"], data, d), deps=(f"train-{key}",)).outputs)
-        # McNemar: `circuit` against every other row, per seed, on the same test items (full accuracy)
-        vres["mcnemar"] = {}
-        if "circuit" in vres["rows"]:
-            for seed, ev in vres["rows"]["circuit"]["seeds"].items():
-                mine = json.loads(Path(ev["per_item"]).read_text())["full"]
-                for other, orow in vres["rows"].items():
-                    if other == "circuit":
-                        continue
-                    oev = orow["seeds"].get(seed) or orow["seeds"].get("-")
-                    theirs = json.loads(Path(oev["per_item"]).read_text())["full"]
-                    vres["mcnemar"].setdefault(other, {})[seed] = mcnemar(mine, theirs)
-            teacher_items = json.loads(Path(results["teacher"]["eval"]["per_item"]).read_text())["full"]
-            for seed, ev in vres["rows"]["circuit"]["seeds"].items():
-                mine = json.loads(Path(ev["per_item"]).read_text())["full"]
-                vres["mcnemar"].setdefault("teacher", {})[seed] = mcnemar(mine, teacher_items)
+        vres["mcnemar"] = _mcnemar_table(vres, results["teacher"]["eval"], mcnemar)
     results["timings"] = R.timings()
     results["wall_seconds"] = round(time.time() - t_start, 1)
     results["provenance"] = provenance(cfg.data_seed, cfg)
     write_json_atomic(out / "results.json", results)
     write_report(results, out)
     return results
+
+
+def _mcnemar_table(vres: dict, teacher_eval: dict, mcnemar) -> dict:
+    """McNemar of every circuit-alignment row (circuit, circuit-procrustes, circuit-iit) against every other row
+    and the teacher, per seed, on the same test items (full accuracy)."""
+    def items(ev):
+        return json.loads(Path(ev["per_item"]).read_text())["full"]
+
+    table: dict = {}
+    teacher_items = items(teacher_eval)
+    for mine in [m for m in vres["rows"] if m in METHODS and METHODS[m].partners == "aligned"
+                 and len(METHODS[m].terms) > 1]:
+        for seed, ev in vres["rows"][mine]["seeds"].items():
+            a = items(ev)
+            for other, orow in vres["rows"].items():
+                if other == mine:
+                    continue
+                oev = orow["seeds"].get(seed) or orow["seeds"].get("-")
+                if oev:
+                    table.setdefault(mine, {}).setdefault(other, {})[seed] = mcnemar(a, items(oev))
+            table.setdefault(mine, {}).setdefault("teacher", {})[seed] = mcnemar(a, teacher_items)
+    return table
 
 
 def _pair_teachers(pairing_path: str) -> list:

@@ -1,0 +1,54 @@
+"""The study grid on tiny random models: every row x budget x seed trains once, the report says what it found."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from circuitdistill.experiment.study import run_study, steps_to_reach, study_preset
+from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
+
+
+def test_steps_to_reach_is_the_first_evaluated_step_at_the_threshold():
+    assert steps_to_reach([0, 5, 10, 15], [0.2, 0.79, 0.8, 0.95], 0.8) == 10
+    assert steps_to_reach([0, 5], [0.2, 0.5], 0.9) is None
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    tok = gpt2_tokenizer()
+    paths = {}
+    for name, seed in (("teacher", 0), ("student", 1)):
+        m = tiny_model("llama", seed=seed)
+        m.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths
+
+
+def test_tiny_study_grid(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITDISTILL_HOME", str(tmp_path / "home"))
+    cfg = study_preset("tiny", str(tmp_path / "study"), teacher=pair["teacher"], student=pair["student"],
+                       seeds=[0, 1], methods=["full-kd", "circuit-ce", "circuit", "circuit-iit"], budgets=[16, 32])
+    res = run_study(cfg, log=lambda *_: None)
+    grid = res["variants"]["given"]["grid"]
+    assert set(grid) == {"16", "32"}
+    for budget, rows in grid.items():
+        assert set(rows) == {"full-kd", "circuit-ce", "circuit", "circuit-iit"}
+        for m, r in rows.items():
+            assert len(r["test_full"]) == 2 and set(r["curves"]) == {"0", "1"}
+            assert r["curves"]["0"][0][0] == 0  # the curve starts before training
+            assert r["alignment_after"] is not None
+            others = {"circuit-ce", "full-kd"} - {m}
+            assert set(r["mcnemar"]) == others
+            for t in r["mcnemar"].values():
+                assert 0 <= t["pooled"]["p_value"] <= 1 and set(t["per_seed"]) == {"0", "1"}
+    # the data budget really limits the items: the two budgets train different rows
+    trains = [k for k in res["timings"] if k.startswith("train-")]
+    assert len(trains) == 2 * 4 * 2
+    text = (tmp_path / "study" / "study.md").read_text()
+    assert "steps to 0.8" in text and (tmp_path / "study" / "study_curves_given.png").exists()
+    # a rerun trains nothing
+    res2 = run_study(cfg, log=lambda *_: None)
+    assert all(t["cached"] for t in res2["timings"].values())
