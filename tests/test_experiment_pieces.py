@@ -162,11 +162,14 @@ def test_the_verdict_says_beats_only_when_the_difference_is_significant():
     def results(p_kd, p_ce):
         return {"variants": {"warm": {
             "rows": {"circuit": row(0.90), "full-kd": row(0.80), "circuit-ce": row(0.89), "circuit-random": row(0.70)},
-            "mcnemar": {"full-kd": {"0": {"p_value": p_kd}}, "circuit-ce": {"0": {"p_value": p_ce}}}}}}
+            "mcnemar": {"circuit": {"full-kd": {"0": {"p_value": p_kd}}, "circuit-ce": {"0": {"p_value": p_ce}}}}}}}
 
     v = _verdict(results(0.01, 0.9), "warm")
     assert "`circuit` beats `full-kd`" in v
-    assert "is above, but does NOT significantly beat, `circuit-ce`" in v
+    assert "`circuit` is level with `circuit-ce`" in v  # higher, but p = 0.9
     assert "`circuit-random` is worse than `circuit-ce`" in v
     v = _verdict(results(0.01, 0.01), "warm")
     assert "`circuit` beats `circuit-ce`" in v
+    r = results(0.01, 0.01)
+    r["variants"]["warm"]["rows"]["full-kd"] = row(0.95)
+    assert "`circuit` is below `full-kd`" in _verdict(r, "warm")

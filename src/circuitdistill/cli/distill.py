@@ -77,8 +77,8 @@ def _fail(e: Exception) -> None:
 
 
 def _distill(cfg: DistillConfig, resume: bool = False):
-    """Train a student with one of the paper's methods (full-kd, logit-kd, circuit-ce, circuit-align,
-    circuit-random, circuit). Writes config.json, log.jsonl, loss.png, checkpoint.pt, summary.json to --out."""
+    """Train a student with one method: a weighted list of loss terms (see --method). Writes config.json,
+    log.jsonl, loss.png, checkpoint.pt, summary.json to --out."""
     from ..distill.losses import VocabularyMismatch
     from ..distill.trainer import train
 
