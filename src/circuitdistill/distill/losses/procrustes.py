@@ -1,9 +1,10 @@
 """Orthogonal-Procrustes similarity of two representations of the same m examples.
 
-Both m x d matrices are centered per column and scaled to unit Frobenius norm; then
-min over orthogonal R of ||X R - Y||_F^2 = 2 - 2 * ||X^T Y||_* (the nuclear norm; for d_s != d_t, R is a
-semi-orthogonal map between the two widths). The similarity ||X^T Y||_* lies in [0, 1] and is 1 exactly when
-one representation is a rotation (and scaling) of the other, a stricter demand than CKA's.
+Both m x d matrices are centered per column and scaled to unit Frobenius norm; then, for equal widths,
+min over orthogonal R of ||X R - Y||_F^2 = 2 - 2 * ||X^T Y||_* (the nuclear norm). For different widths the
+nuclear norm is the largest tr(R^T X^T Y) over semi-orthogonal maps R between the widths. The similarity lies in
+[0, 1] and is 1 exactly when one representation is a rotation (and scaling) of the other, a stricter demand
+than CKA's.
 """
 from __future__ import annotations
 
