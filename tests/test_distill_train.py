@@ -15,6 +15,7 @@ from circuitdistill.cli.main import app
 from circuitdistill.distill.config import METHODS, CacheConfig, DistillConfig
 from circuitdistill.distill.losses import VocabularyMismatch
 from circuitdistill.distill.teacher_cache import TeacherCache, build_cache
+from circuitdistill.distill.methods import weight_of
 from circuitdistill.distill.trainer import global_indices, train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -54,8 +55,9 @@ def test_every_method_runs_and_logs(world, tmp_path, method):
     rows = [json.loads(l) for l in (tmp_path / method / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
-    for term, weight in METHODS[method].terms:
-        if weight == 0 or (isinstance(weight, str) and getattr(s_cfg := _cfg(world, method, tmp_path), weight) == 0):
+    cfg = _cfg(world, method, tmp_path)
+    for term, _ in METHODS[method].terms:
+        if weight_of(method, term, cfg) == 0:  # e.g. logit-kd's CE at the default kd_ce_weight 0
             continue
         assert term in rows[0]
         if term in ("cka", "procrustes"):

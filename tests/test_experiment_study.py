@@ -1,12 +1,15 @@
 """The study grid on tiny random models: every row x budget x seed trains once, the report says what it found."""
 from __future__ import annotations
 
-import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from circuitdistill.experiment.study import run_study, steps_to_reach, study_preset
-from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distill_fixtures import save_tiny  # noqa: E402
 
 
 def test_steps_to_reach_is_the_first_evaluated_step_at_the_threshold():
@@ -17,14 +20,7 @@ def test_steps_to_reach_is_the_first_evaluated_step_at_the_threshold():
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    tok = gpt2_tokenizer()
-    paths = {}
-    for name, seed in (("teacher", 0), ("student", 1)):
-        m = tiny_model("llama", seed=seed)
-        m.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        paths[name] = str(root / name)
-    return paths
+    return {name: save_tiny(root / name, seed=seed) for name, seed in (("teacher", 0), ("student", 1))}
 
 
 def test_tiny_study_grid(pair, tmp_path, monkeypatch):

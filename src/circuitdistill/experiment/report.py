@@ -177,32 +177,31 @@ def _heldout_alignment_lines(v: dict, path: Path, vname: str) -> list[str]:
         before, after = np.mean([x["before"] for x in xs]), np.mean([x["after"] for x in xs])
         note = "–" if ref is None or m == "circuit-ce" else ("higher" if after > ref else "NOT higher")
         lines.append(f"| {m} | {before:.4f} | {after:.4f} | {after - before:+.4f} | {note} |")
-    fig, ax = plt.subplots(figsize=(1.2 * len(ha) + 2, 3.2))
-    x = np.arange(len(ha))
-    ax.bar(x - 0.2, [np.mean([r["before"] for r in xs]) for xs in ha.values()], 0.4, label="before")
-    ax.bar(x + 0.2, [np.mean([r["after"] for r in xs]) for xs in ha.values()], 0.4, label="after")
-    ax.set_xticks(x, list(ha), rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("mean held-out CKA, aligned pairs")
-    ax.set_title(f"{vname} student: alignment with the teacher partners")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure_atomic(fig, path, dpi=110)
-    plt.close(fig)
+    _paired_bars(list(ha), {"before": [np.mean([r["before"] for r in xs]) for xs in ha.values()],
+                            "after": [np.mean([r["after"] for r in xs]) for xs in ha.values()]}, None,
+                 "mean held-out CKA, aligned pairs", f"{vname} student: alignment with the teacher partners", path)
     return lines + ["", f"![held-out alignment]({path.name})", ""]
 
 
 def _bar_chart(rows: list[dict], path: Path, title: str) -> None:
-    names = [r["row"] for r in rows]
-    full = [r["full"]["mean"] for r in rows]
-    circ = [r["circuit"]["mean"] for r in rows]
+    _paired_bars([r["row"] for r in rows], {"full": [r["full"]["mean"] for r in rows],
+                                            "circuit only": [r["circuit"]["mean"] for r in rows]},
+                 {"full": [r["full"]["std"] for r in rows], "circuit only": [r["circuit"]["std"] for r in rows]},
+                 "test accuracy", f"{title} student", path, ylim=(0, 1))
+
+
+def _paired_bars(names: list[str], series: dict, errors: dict | None, ylabel: str, title: str, path: Path,
+                 ylim=None) -> None:
+    """Two bars per name (e.g. full / circuit-only accuracy, or alignment before / after)."""
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.5))
-    ax.bar(x - 0.2, full, 0.4, label="full", yerr=[r["full"]["std"] for r in rows])
-    ax.bar(x + 0.2, circ, 0.4, label="circuit only", yerr=[r["circuit"]["std"] for r in rows])
+    for off, (label, vals) in zip((-0.2, 0.2), series.items()):
+        ax.bar(x + off, vals, 0.4, label=label, yerr=(errors or {}).get(label))
     ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"{title} student")
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=110)

@@ -390,20 +390,25 @@ def train_row(cfg: ExperimentConfig, R: StageRunner, ctx: dict, v: str, method: 
     return tr, ev
 
 
+def start_run(cfg: ExperimentConfig, config_file: str, log=print) -> tuple[Path, StageRunner, dict]:
+    """Output directory, its config record, the stage runner and every stage before training."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / config_file, provenance(cfg.data_seed, cfg))
+    R = StageRunner(out, log=log)
+    return out, R, prepare_stages(cfg, R, log)
+
+
 def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
     from .report import write_report
     from .stats import mcnemar
 
     t_start = time.time()
-    torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", provenance(cfg.data_seed, cfg))
-    R = StageRunner(out, log=log)
+    out, R, ctx = start_run(cfg, "config.json", log)
     c = cfg.model_dump(mode="json")
     pick = lambda *keys: _pick(cfg, *keys)  # noqa: E731
     ev_key = eval_key(cfg)
-    ctx = prepare_stages(cfg, R, log)
     data, teacher, disc = ctx["data"], ctx["teacher"], ctx["discover"]
     from ..circuits.circuit import Circuit
 
@@ -452,11 +457,16 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
                         f"align-{key}", pick("compare_items"),
                         lambda d: stage_alignment(cfg, teacher, tr["model"], data, d), deps=(f"train-{key}",)).outputs)
         vres["mcnemar"] = _mcnemar_table(vres, results["teacher"]["eval"], mcnemar)
+    return finish_run(cfg, R, results, t_start, out / "results.json", write_report)
+
+
+def finish_run(cfg: ExperimentConfig, R: StageRunner, results: dict, t_start: float, path: Path, write) -> dict:
+    """Stage timings, wall time and provenance into ``results``; results JSON, then the report."""
     results["timings"] = R.timings()
     results["wall_seconds"] = round(time.time() - t_start, 1)
     results["provenance"] = provenance(cfg.data_seed, cfg)
-    write_json_atomic(out / "results.json", results)
-    write_report(results, out)
+    write_json_atomic(path, results)
+    write(results, path.parent)
     return results
 
 

@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from pydantic import Field
 
-from ..utils import provenance, write_json_atomic, write_text_atomic
+from ..utils import write_text_atomic
 from .config import ExperimentConfig, preset
-from .stages import StageRunner
 
 ROWS_STUDY = ("full-kd", "circuit-ce", "circuit", "circuit-procrustes", "circuit-iit", "circuit-random")
 COMPARE_TO = ("circuit-ce", "full-kd")
@@ -45,16 +43,11 @@ def study_preset(name: str = "demo", out: str | None = None, **overrides) -> Stu
 
 
 def run_study(cfg: StudyConfig, log=print) -> dict:
-    from .runner import prepare_stages, stage_evaluate, train_row
+    from .runner import finish_run, stage_evaluate, start_run, train_row
     from .stats import mcnemar
 
     t0 = time.time()
-    torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "study_config.json", provenance(cfg.data_seed, cfg))
-    R = StageRunner(out, log=log)
-    ctx = prepare_stages(cfg, R, log)
+    out, R, ctx = start_run(cfg, "study_config.json", log)
     res: dict = {"config": cfg.model_dump(mode="json"), "variants": {}}
     for v, st in ctx["students"].items():
         base = R.run(f"eval-{v}-base", {**_eval_key(cfg), "s": st["student"]},
@@ -70,12 +63,7 @@ def run_study(cfg: StudyConfig, log=print) -> dict:
                         "test_circuit": ev["circuit"], "heldout_alignment": tr.get("heldout_alignment")}
         res["variants"][v] = {"student": st["student"], "pairing": st["match"]["pairing"], "base_test": base["full"],
                               "grid": _summarise(grid, cfg, mcnemar)}
-    res["timings"] = R.timings()
-    res["wall_seconds"] = round(time.time() - t0, 1)
-    res["provenance"] = provenance(cfg.data_seed, cfg)
-    write_json_atomic(out / "study.json", res)
-    write_study_report(res, out)
-    return res
+    return finish_run(cfg, R, res, t0, out / "study.json", write_study_report)
 
 
 def _eval_key(cfg) -> dict:
