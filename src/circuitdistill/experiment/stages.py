@@ -1,6 +1,7 @@
 """Content-hash cached stages: re-running an experiment skips every stage whose inputs did not change.
 
-A stage's key hashes its name, the config fields it reads and the keys of the stages it depends on.
+A stage's key hashes its name, the config fields it reads, the keys of the stages it depends on and the
+content fingerprints of the files or directories (model weights, data) it is given as ``content``.
 Its outputs live in ``OUT/stages/<name>-<key[:12]>/``; ``done.json`` (written last, atomically) marks
 it finished and records the wall time. A stage that fails leaves no ``done.json`` and is re-run,
 continuing from its own checkpoints where it keeps them.
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..utils import sha256_json, write_json_atomic
+from ..utils import fingerprint_path, sha256_json, write_json_atomic
 
 
 @dataclass
@@ -32,8 +33,13 @@ class StageRunner:
     log: Callable[[str], None] = print
     results: dict[str, StageResult] = field(default_factory=dict)
 
-    def run(self, name: str, inputs: Any, fn: Callable[[Path], dict], deps: tuple[str, ...] = ()) -> StageResult:
-        key = sha256_json({"stage": name, "inputs": inputs, "deps": [self.results[d].key for d in deps]})
+    def run(self, name: str, inputs: Any, fn: Callable[[Path], dict], deps: tuple[str, ...] = (),
+            content: dict[str, str | Path] | None = None) -> StageResult:
+        """``content``: label -> file or directory read by the stage; a change to what it holds re-runs the stage."""
+        parts = {"stage": name, "inputs": inputs, "deps": [self.results[d].key for d in deps]}
+        if content:
+            parts["content"] = {label: fingerprint_path(path) for label, path in sorted(content.items())}
+        key = sha256_json(parts)
         d = self.root / "stages" / f"{name}-{key[:12]}"
         done = d / "done.json"
         if done.exists():
