@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..utils import fingerprint_path, sha256_json, write_json_atomic
+from ..preflight import input_fingerprints
+from ..utils import sha256_json, write_json_atomic
 
 
 @dataclass
@@ -34,11 +35,12 @@ class StageRunner:
     results: dict[str, StageResult] = field(default_factory=dict)
 
     def run(self, name: str, inputs: Any, fn: Callable[[Path], dict], deps: tuple[str, ...] = (),
-            content: dict[str, str | Path] | None = None) -> StageResult:
-        """``content``: label -> file or directory read by the stage; a change to what it holds re-runs the stage."""
+            content: dict[str, str | Path | None] | None = None) -> StageResult:
+        """``content``: label -> file, directory or model name the stage reads (None entries are skipped); a
+        change to what it holds re-runs the stage."""
         parts = {"stage": name, "inputs": inputs, "deps": [self.results[d].key for d in deps]}
         if content:
-            parts["content"] = {label: fingerprint_path(path) for label, path in sorted(content.items())}
+            parts["content"] = input_fingerprints(dict(sorted(content.items())))
         key = sha256_json(parts)
         d = self.root / "stages" / f"{name}-{key[:12]}"
         done = d / "done.json"
