@@ -284,6 +284,7 @@ def test_conflicting_or_empty_options(world, tmp_path, no_compute):
                                  "n_heads_per_layer": 4, "method": "x", "metric": "y"}))
     _fails(["evaluate", "--model", m, "--data", d, "--circuit", wrong], "6 layers", "2 x 4")
     _fails(["discover", "--model", m, "--data", d, "--out", tmp_path / "c", "--top-n", 9], "--top-n 9", "8 heads")
+    _fails(["match", "--teacher", m, "--student", m, "--circuit", empty, "--data", d, "--budget", 9], "--budget 9")
 
 
 def test_threshold_with_no_head_writes_no_circuit(world, tmp_path):
@@ -341,4 +342,9 @@ def test_debug_shows_the_traceback_and_sigint_says_how_to_resume(world, tmp_path
     monkeypatch.setattr("circuitdistill.distill.trainer.train", interrupted)
     r = runner.invoke(app, ["distill", "--method", "full-kd", "--student", world["model"], "--teacher",
                             world["model"], "--data", world["data"], "--out", str(tmp_path / "run")])
-    assert r.exit_code == 130 and "--resume" in r.output and "interrupted after step 0" in r.output
+    assert r.exit_code == 130 and "interrupted after step 0" in r.output and "--overwrite" in r.output
+    (tmp_path / "run" / "log.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3)))
+    r = runner.invoke(app, ["distill", "--method", "full-kd", "--student", world["model"], "--teacher",
+                            world["model"], "--data", world["data"], "--out", str(tmp_path / "run"),
+                            "--checkpoint-every", "2", "--resume"])
+    assert r.exit_code == 130 and "last checkpoint (step 2)" in r.output and "--resume" in r.output

@@ -89,7 +89,7 @@ def remove_stale_temps(root: str | Path) -> list[Path]:
     removed = []
     for p in sorted(Path(root).rglob(".*"), reverse=True):
         m = _TEMP.match(p.name)
-        if not m or (m["suffix"] or "") != Path(m["base"]).suffix and not p.is_dir():
+        if not m or ((m["suffix"] or "") != Path(m["base"]).suffix and not p.is_dir()):
             continue
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)

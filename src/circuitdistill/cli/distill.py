@@ -126,8 +126,12 @@ def _interrupted(cfg: DistillConfig) -> str:
         except (ValueError, KeyError, TypeError):
             break  # a torn last line
     saved = done // cfg.checkpoint_every * cfg.checkpoint_every
+    config = Path(cfg.out) / "config.json"
+    if saved == 0:
+        return (f"interrupted after step {done} of {cfg.steps}, before the first checkpoint; start again with: "
+                f"circuitdistill distill --config {config} --overwrite")
     return (f"interrupted after step {done} of {cfg.steps}; the last checkpoint (step {saved}) is in {cfg.out}. "
-            f"Continue with: circuitdistill distill --config {Path(cfg.out) / 'config.json'} --resume")
+            f"Continue with: circuitdistill distill --config {config} --resume")
 
 
 def _distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False):
@@ -180,6 +184,12 @@ def _match(cfg: MatchConfig, overwrite: bool = False):
     from ..tasks.io import load_items
 
     load_items(cfg.data)
+    if cfg.budget >= 1:
+        from ..preflight import model_shape
+
+        n_layers, n_heads = model_shape(cfg.student)
+        if cfg.budget > n_layers * n_heads:
+            raise UserError(f"--budget {cfg.budget:g} is more than the {n_layers * n_heads} heads of {cfg.student}")
     if is_main_process():
         prepare_output_dir(cfg.out, overwrite=overwrite, legacy_artifacts=("pairing.json",))
     try:
