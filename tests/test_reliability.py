@@ -320,6 +320,8 @@ def test_broken_model_directories(world, tmp_path, monkeypatch):
     (invalid / "config.json").write_text("{not json")
     with pytest.raises(registry.ModelNotAvailable, match="not a valid model config"):
         registry.load_model(str(invalid))
+    _fails(["evaluate", "--model", only_config, "--data", world["data"]], str(only_config))
+    _fails(["evaluate", "--model", invalid, "--data", world["data"]], str(invalid))
     from transformers import T5Config, T5ForConditionalGeneration
 
     t5 = tmp_path / "t5"
