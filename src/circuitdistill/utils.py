@@ -15,6 +15,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+class UserError(ValueError):
+    """A mistake in the user's input (options, files, names): the CLI prints its message on one line and exits 2."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+    """An input file or directory that does not exist."""
+
+
 _TRACKED_PACKAGES = ("circuitdistill", "torch", "transformers", "accelerate", "safetensors", "numpy", "scipy", "pydantic")
 
 
@@ -96,11 +104,15 @@ def read_json_file(path: str | Path, what: str = "file", hint: str = "") -> Any:
     """Parse a JSON file; a missing file or bad JSON raises an error naming the file (and line/column)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what} {path} does not exist{hint}")
+        raise MissingFile(f"{what} {path} does not exist{hint}")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a directory; give the JSON file")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); is it the right file?") from None
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -118,3 +130,45 @@ def sha256_json(obj: Any) -> str:
 def cache_home() -> Path:
     """Root of cached models and artifacts: $CIRCUITDISTILL_HOME or ~/.cache/circuitdistill."""
     return Path(os.environ.get("CIRCUITDISTILL_HOME", Path.home() / ".cache" / "circuitdistill")).expanduser()
+
+
+
+
+# ---- content fingerprints ------------------------------------------------------------------------------------
+_FULL_HASH_MAX = 1 << 20  # files up to this size are hashed whole; larger ones by header/metadata + size + mtime
+_file_hash_cache: dict[tuple[str, int, int], str] = {}
+
+
+def _safetensors_header(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return f.read(n) if 0 < n < (1 << 30) else b""
+
+
+def fingerprint_file(path: str | Path) -> str:
+    """Content fingerprint of one file: sha256 of small files (cached by path, size and mtime); for large files
+    the safetensors header (tensor names, shapes, offsets) or nothing, plus size and mtime."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _file_hash_cache:
+        if st.st_size <= _FULL_HASH_MAX:
+            digest = "sha256:" + sha256_file(path)
+        else:
+            head = _safetensors_header(path) if path.suffix == ".safetensors" else b""
+            digest = "meta:" + hashlib.sha256(head + f"|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+        _file_hash_cache[key] = digest
+    return _file_hash_cache[key]
+
+
+def fingerprint_path(path: str | Path) -> str:
+    """Content fingerprint of a file or a directory (e.g. a model: every file below it, hidden ones skipped);
+    'missing' when the path does not exist. Changes whenever a file is rewritten, added or removed."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.is_file():
+        return fingerprint_file(path)
+    parts = {str(p.relative_to(path)): fingerprint_file(p) for p in sorted(path.rglob("*"))
+             if p.is_file() and not any(s.startswith(".") for s in p.relative_to(path).parts)}
+    return sha256_json(parts)

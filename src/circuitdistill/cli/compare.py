@@ -34,6 +34,8 @@ def compare_cmd(
     cache: bool = typer.Option(True, help="reuse/store per-model sweeps under $CIRCUITDISTILL_HOME/compare"),
     progress: bool = typer.Option(True, help="progress bars"),
     config: Optional[Path] = typer.Option(None, help="JSON file with CompareConfig fields; its values override the flags"),
+    overwrite: bool = typer.Option(False, help="replace an earlier comparison in --out (or write into a directory "
+                                                "holding other files)"),
 ):
     """Compare a teacher's and a student's mechanisms on a task (Distilled Circuits, SPEC §3)."""
     import json
@@ -56,6 +58,14 @@ def compare_cmd(
         for err in e.errors():
             typer.echo(f"error: --{'-'.join(str(x) for x in err['loc']).replace('_', '-')}: {err['msg']}", err=True)
         raise typer.Exit(2)
+    from ..output_dirs import prepare_output_dir
+    from ..preflight import check_device
+    from ..tasks.io import load_items
+
+    check_device(cfg.device)
+    if cfg.data.exists():
+        load_items(cfg.data)
+    prepare_output_dir(cfg.out, overwrite=overwrite, legacy_artifacts=("compare.json",))
     try:
         result = run_compare(cfg)
     except (FileNotFoundError, ValueError, KeyError) as e:

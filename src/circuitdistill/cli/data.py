@@ -43,10 +43,16 @@ def _parse_splits(s: str | None) -> tuple[int, int, int] | None:
 def _write(cfg: DataConfig, out: Path | None, out_dir: Path | None, prefix: str, result) -> None:
     from ..tasks.io import save_items
 
+    from ..output_dirs import prepare_output_file
+
     written = {}
     if isinstance(result, dict):
         if out_dir is None:
             raise typer.BadParameter("--splits writes three files; give --out-dir (and optionally --prefix)")
+        if out_dir.exists() and not out_dir.is_dir():
+            raise typer.BadParameter(f"--out-dir {out_dir} is a file")
+        for split in result:
+            prepare_output_file(out_dir / f"{prefix}_{split}.jsonl")
         for split, items in result.items():
             path = out_dir / f"{prefix}_{split}.jsonl"
             save_items(path, items)
@@ -55,6 +61,7 @@ def _write(cfg: DataConfig, out: Path | None, out_dir: Path | None, prefix: str,
     else:
         if out is None:
             raise typer.BadParameter("give --out F.jsonl")
+        prepare_output_file(out)
         save_items(out, result)
         written["all"] = {"path": str(out), "n": len(result), "sha256": sha256_file(out)}
         manifest = out.with_suffix(".manifest.json")

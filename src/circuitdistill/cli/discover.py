@@ -9,7 +9,7 @@ from typing import Literal, Optional
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..utils import provenance, sha256_file, write_json_atomic, write_text_atomic
+from ..utils import UserError, provenance, sha256_file, write_json_atomic, write_text_atomic
 
 
 class DiscoverConfig(BaseModel):
@@ -116,6 +116,10 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
         circuit.selection = {"per_level": cfg.per_level, "levels": cfg.levels, "threshold": cfg.threshold}
         circuit.scores = [[None if math.isnan(v) else v for v in row]
                           for row in pp.level0_scores().tolist()]  # full grid: level-0 direct effects
+    if circuit.n_heads == 0:
+        best = float(scores.abs().nan_to_num(0.0).max())
+        raise UserError(f"no head reached --threshold {threshold} (the largest |score| is {best:.4g}); lower it "
+                        f"or use --top-n; no circuit was written")
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     circuit.save(out / "circuit.json")
@@ -157,6 +161,8 @@ def discover_cmd(
                                                             "positions or only at the final one"),
     threads: int = typer.Option(2, help="torch CPU threads"),
     out: Path = typer.Option(..., help="output directory"),
+    overwrite: bool = typer.Option(False, help="replace an earlier run's files in --out (or write into a directory "
+                                                "holding other files)"),
 ):
     """Find the attention heads that implement a task: writes circuit.json, heatmap.png and summary.txt."""
     from ..models.registry import ModelNotAvailable
@@ -177,6 +183,7 @@ def discover_cmd(
     if not cfg.data.exists():
         typer.echo(f"error: --data {cfg.data} does not exist", err=True)
         raise typer.Exit(2)
+    check_discover_inputs(cfg, overwrite)
     try:
         circuit, summary = run_discover(cfg)
     except (ValueError, IndexError, TaskFileError, ModelNotAvailable, FileNotFoundError) as e:
@@ -184,6 +191,21 @@ def discover_cmd(
         raise typer.Exit(2)
     typer.echo(summary)
     typer.echo(f"wrote {cfg.out / 'circuit.json'}, {cfg.out / 'heatmap.png'}, {cfg.out / 'summary.txt'}")
+
+
+def check_discover_inputs(cfg: DiscoverConfig, overwrite: bool) -> None:
+    """Items scorable by the model, --top-n within its heads, --out ours (or new) and writable."""
+    from .. import preflight
+    from ..output_dirs import prepare_output_dir
+    from ..tasks.io import load_items
+
+    preflight.check_scorable(load_items(cfg.data)[: cfg.n_items], cfg.model, cfg.data)
+    n_layers, n_heads = preflight.model_shape(cfg.model)
+    if cfg.top_n is not None and cfg.top_n > n_layers * n_heads:
+        raise UserError(f"--top-n {cfg.top_n} is more than the {n_layers * n_heads} heads of {cfg.model} "
+                        f"({n_layers} layers x {n_heads})")
+    prepare_output_dir(cfg.out, overwrite=overwrite,
+                       legacy_artifacts=("circuit.json", "summary.txt", "heatmap.png"))
 
 
 def register(app: typer.Typer) -> None:

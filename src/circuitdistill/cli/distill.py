@@ -9,11 +9,14 @@ from __future__ import annotations
 import inspect
 import json
 import typing
+from pathlib import Path
 from typing import Any, Callable, Literal, get_args, get_origin
 
 import typer
 
-from ..distill.config import CacheConfig, DistillConfig, MatchConfig, load_config
+from ..distill.config import HEAD_ONLY, CacheConfig, DistillConfig, MatchConfig, load_config
+from ..output_dirs import is_main_process, prepare_output_dir
+from ..utils import UserError
 
 _SKIP = {"betas"}  # only settable through --config
 
@@ -69,6 +72,10 @@ _CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY,
 _RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY,
                             default=typer.Option(False, "--resume", help="continue the run in --out from its "
                                                  "checkpoint (same config)"), annotation=bool)
+_OVERWRITE = inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY,
+                               default=typer.Option(False, "--overwrite", help="replace the results of an earlier "
+                                                    "run in --out (or write into a directory holding other files)"),
+                               annotation=bool)
 
 
 def _fail(e: Exception) -> None:
@@ -76,16 +83,73 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _distill(cfg: DistillConfig, resume: bool = False):
+def check_distill_inputs(cfg: DistillConfig) -> None:
+    """Everything about a distill run that can be wrong before training starts."""
+    from .. import preflight
+    from ..models.registry import check_derived_name
+    from ..tasks.io import load_items
+
+    if cfg.teacher is not None and cfg.teacher_cache is not None:
+        raise UserError("give --teacher (run live) or --teacher-cache (precomputed), not both")
+    if cfg.pairing is not None and cfg.method not in HEAD_ONLY:
+        raise UserError(f"--pairing is used only by the head-only methods ({', '.join(HEAD_ONLY)}); method "
+                        f"{cfg.method} trains every parameter: drop --pairing or choose a circuit-* method")
+    if cfg.save_as is not None:
+        check_derived_name(cfg.save_as)
+    items = load_items(cfg.data)[:cfg.max_train_items]
+    preflight.check_scorable(items, cfg.student, cfg.data, position=cfg.position)
+    if cfg.eval_data:
+        preflight.check_scorable(load_items(cfg.eval_data)[:cfg.eval_max_items], cfg.student, cfg.eval_data)
+    if cfg.pairing is not None:
+        preflight.check_pairing(cfg.pairing, cfg.student, cfg.teacher, cfg.teacher_cache)
+
+
+def _prepare_run_dir(cfg: DistillConfig, resume: bool, overwrite: bool) -> None:
+    from .. import preflight
+    from ..distill.trainer import CHECKPOINT
+
+    out = prepare_output_dir(cfg.out, overwrite=overwrite, resume=resume, resume_flag="--resume",
+                             legacy_artifacts=(CHECKPOINT, "log.jsonl"))
+    if overwrite and not resume:
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    prints = preflight.input_fingerprints({"data": cfg.data, "student": cfg.student, "teacher": cfg.teacher,
+                                           "teacher_cache": cfg.teacher_cache, "pairing": cfg.pairing})
+    preflight.check_resume_inputs(out, prints, resume)
+
+
+def _interrupted(cfg: DistillConfig) -> str:
+    log = Path(cfg.out) / "log.jsonl"
+    done = 0
+    for line in log.read_text().splitlines() if log.exists() else []:
+        try:
+            done = max(done, int(json.loads(line)["step"]))
+        except (ValueError, KeyError, TypeError):
+            break  # a torn last line
+    saved = done // cfg.checkpoint_every * cfg.checkpoint_every
+    config = Path(cfg.out) / "config.json"
+    if saved == 0:
+        return (f"interrupted after step {done} of {cfg.steps}, before the first checkpoint; start again with: "
+                f"circuitdistill distill --config {config} --overwrite")
+    return (f"interrupted after step {done} of {cfg.steps}; the last checkpoint (step {saved}) is in {cfg.out}. "
+            f"Continue with: circuitdistill distill --config {config} --resume")
+
+
+def _distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False):
     """Train a student with one method: a weighted list of loss terms (see --method). Writes config.json,
     log.jsonl, loss.png, checkpoint.pt, summary.json to --out."""
     from ..distill.losses import VocabularyMismatch
     from ..distill.trainer import train
 
+    check_distill_inputs(cfg)
+    if is_main_process():
+        _prepare_run_dir(cfg, resume, overwrite)
     try:
         summary = train(cfg, resume=resume)
     except (VocabularyMismatch, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         _fail(e)
+    except KeyboardInterrupt:
+        typer.echo(_interrupted(cfg), err=True)
+        raise typer.Exit(130)
     fin = summary.get("final") or {}
     typer.echo(f"{cfg.method}: {summary['steps']} steps, final loss {fin.get('loss', float('nan')):.4f}; "
                f"trainable {summary['trainable']['trainable_params']:,} params "
@@ -95,10 +159,18 @@ def _distill(cfg: DistillConfig, resume: bool = False):
         typer.echo(f"eval: {json.dumps(summary['final_eval'])}")
 
 
-def _cache(cfg: CacheConfig):
+def _cache(cfg: CacheConfig, overwrite: bool = False):
     """Run the teacher once over the data; store labels, top-k logits and head outputs (safetensors)."""
     from ..distill.teacher_cache import build_cache
+    from ..tasks.io import load_items
 
+    load_items(cfg.data)
+    if cfg.pairing is not None:
+        from ..preflight import check_pairing
+
+        check_pairing(cfg.pairing, None, teacher=cfg.teacher)
+    if is_main_process():
+        prepare_output_dir(cfg.out, overwrite=overwrite, legacy_artifacts=("meta.json",))
     try:
         out = build_cache(cfg)
     except (ValueError, FileNotFoundError, KeyError) as e:
@@ -106,10 +178,20 @@ def _cache(cfg: CacheConfig):
     typer.echo(f"teacher cache: {out}")
 
 
-def _match(cfg: MatchConfig):
+def _match(cfg: MatchConfig, overwrite: bool = False):
     """Pair student heads with the teacher circuit's heads (ablation-effect distance or activation CKA)."""
     from ..distill.matching import match
+    from ..tasks.io import load_items
 
+    load_items(cfg.data)
+    if cfg.budget >= 1:
+        from ..preflight import model_shape
+
+        n_layers, n_heads = model_shape(cfg.student)
+        if cfg.budget > n_layers * n_heads:
+            raise UserError(f"--budget {cfg.budget:g} is more than the {n_layers * n_heads} heads of {cfg.student}")
+    if is_main_process():
+        prepare_output_dir(cfg.out, overwrite=overwrite, legacy_artifacts=("pairing.json",))
     try:
         pairing = match(cfg)
     except (ValueError, FileNotFoundError, KeyError, IndexError) as e:
@@ -121,6 +203,6 @@ def _match(cfg: MatchConfig):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill", help=_distill.__doc__)(_build(DistillConfig, [_CONFIG, _RESUME], _distill))
-    app.command("cache-teacher", help=_cache.__doc__)(_build(CacheConfig, [_CONFIG], _cache))
-    app.command("match", help=_match.__doc__)(_build(MatchConfig, [_CONFIG], _match))
+    app.command("distill", help=_distill.__doc__)(_build(DistillConfig, [_CONFIG, _RESUME, _OVERWRITE], _distill))
+    app.command("cache-teacher", help=_cache.__doc__)(_build(CacheConfig, [_CONFIG, _OVERWRITE], _cache))
+    app.command("match", help=_match.__doc__)(_build(MatchConfig, [_CONFIG, _OVERWRITE], _match))

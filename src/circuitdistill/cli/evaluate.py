@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..utils import provenance, sha256_file, write_json_atomic
+from ..utils import UserError, provenance, sha256_file, write_json_atomic
 
 
 class EvaluateConfig(BaseModel):
@@ -64,6 +64,7 @@ def evaluate_cmd(
         if not cfg.circuit.exists():
             typer.echo(f"error: circuit file {cfg.circuit} does not exist", err=True)
             raise typer.Exit(2)
+    check_evaluate_inputs(cfg, items, out)
     torch.set_num_threads(cfg.threads)
     try:
         m, tok = registry.load_model(cfg.model)
@@ -86,6 +87,36 @@ def evaluate_cmd(
     if out:
         write_json_atomic(out, result)
         typer.echo(f"wrote {out}")
+
+
+def check_evaluate_inputs(cfg: EvaluateConfig, items, out: Path | None) -> None:
+    """Single-token answers, a usable circuit and a writable --out, before the model runs."""
+    from .. import preflight
+    from ..output_dirs import prepare_output_file
+
+    preflight.check_scorable(items, cfg.model, cfg.data)
+    if cfg.circuit is not None:
+        check_circuit_for_model(cfg.circuit, cfg.model)
+    if out is not None:
+        prepare_output_file(out)
+
+
+def check_circuit_for_model(path: Path, model: str) -> None:
+    """The circuit file parses, names at least one head, and was found on a model of this shape."""
+    from ..circuits.circuit import Circuit
+    from ..preflight import check_heads, model_shape
+
+    try:
+        circuit = Circuit.load(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if circuit.n_heads == 0:
+        raise UserError(f"circuit {path} has no heads; circuit-only faithfulness needs at least one")
+    shape = model_shape(model)
+    if (circuit.n_layers, circuit.n_heads_per_layer) != shape:
+        raise UserError(f"circuit {path} was found on a model with {circuit.n_layers} layers x "
+                        f"{circuit.n_heads_per_layer} heads; {model} has {shape[0]} x {shape[1]}")
+    check_heads(((f"heads[{i}]", (h.layer, h.head)) for i, h in enumerate(circuit.heads)), shape, str(path))
 
 
 def register(app: typer.Typer) -> None:

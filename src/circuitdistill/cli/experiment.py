@@ -26,6 +26,7 @@ def experiment_cmd(
     threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
     set_: list[str] = typer.Option([], "--set", help="override any ExperimentConfig field: KEY=VALUE, VALUE as "
                                    "JSON (e.g. --set compare_items=16 --set analyze_methods=null); repeatable"),
+    overwrite: bool = typer.Option(False, help="write into an --out that holds files circuitdistill did not write"),
 ):
     """Reproduce the paper's table: teacher, discovery, matching, every method row, evaluation, report.
 
@@ -49,6 +50,10 @@ def experiment_cmd(
     except (ValidationError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
+    from ..output_dirs import prepare_output_dir
+
+    # a rerun continues the experiment in --out (its stages are cached), so our own files there are expected
+    prepare_output_dir(cfg.out, overwrite=overwrite, resume=True, legacy_artifacts=("stages", "results.json"))
     results = run_experiment(cfg, log=typer.echo)
     typer.echo("")
     typer.echo((__import__("pathlib").Path(cfg.out) / "report.md").read_text())

@@ -33,10 +33,13 @@ def fit_cmd(teachers: Path = typer.Option(..., "--teachers", help="JSONL of {tex
     from ..trace.report import format_top_features
     from ..trace.taggers import TaggerNotAvailable
 
+    from ..output_dirs import prepare_output_file
+
     try:
         cfg = TracerConfig(features=features, tagger=tagger, n=n, top_k=top_k, C=c, seed=seed)
     except ValidationError as e:
         _fail(f"bad option: {e}")
+    prepare_output_file(out)
     try:
         recs = read_texts(teachers, require_source=True)
         tracer = Tracer(cfg).fit([r.text for r in recs], [r.source for r in recs])
@@ -58,7 +61,9 @@ def predict_cmd(model: Path = typer.Option(..., "--model", help="tracer model JS
     from ..trace.io import TraceInputError, read_texts
     from ..trace.report import format_top_features, prediction_report
     from ..trace.taggers import TaggerNotAvailable
+    from ..output_dirs import prepare_output_file
 
+    prepare_output_file(out)
     try:
         tracer = Tracer.load(model)
         recs = read_texts(texts, require_source=False)

@@ -97,14 +97,41 @@ def _common_cfg(**kw):
     return FinetuneConfig(**kw)
 
 
-def _run(cfg, tr, va, run_dir: Path, resume: bool, info: dict):
+def check_destinations(name: str, steps: int, run_dir: Path, resume: bool, save_to: Path | None,
+                       overwrite: bool) -> None:
+    """Before any compute: at least one step, a name that cannot clobber a built-in or a path (or a --save-to
+    directory that is new, empty or a model we saved), and a run dir that is ours and writable."""
+    from ..models.registry import check_derived_name, check_save_dir
+    from ..output_dirs import prepare_output_dir
+    from ..utils import UserError
+
+    if steps < 1:
+        raise UserError(f"--steps {steps}: training needs at least one step (the result would be the untrained base)")
+    if save_to is None:
+        check_derived_name(name)
+    else:
+        check_save_dir(save_to, overwrite=overwrite)
+    prepare_output_dir(run_dir, overwrite=overwrite, resume=resume, resume_flag="--resume",
+                       legacy_artifacts=("record.json", "checkpoint"))
+
+
+def _check_user_files(tok, *paths: Path | None) -> None:
+    from ..tasks.io import check_single_token, load_items
+
+    for path in paths:
+        if path is not None:
+            check_single_token(load_items(path), tok, path)
+
+
+def _run(cfg, tr, va, run_dir: Path, resume: bool, info: dict, save_to: Path | None = None, overwrite: bool = False):
     from ..models import registry
     from ..tasks.finetune import finetune
 
     import torch
     torch.set_num_threads(cfg.threads)
     model, tok = registry.load_model(cfg.base)
-    rec = finetune(cfg, tr, va, run_dir, resume=resume, model=model, tokenizer=tok, data_info=info)
+    rec = finetune(cfg, tr, va, run_dir, resume=resume, model=model, tokenizer=tok, data_info=info, save_to=save_to,
+                   overwrite=overwrite)
     typer.echo(json.dumps({k: rec[k] for k in ("name", "steps", "stop_reason", "final_val_accuracy", "train_seconds",
                                                "eval_seconds", "saved_to")}, indent=2))
 
@@ -127,25 +154,30 @@ def teacher_cmd(
     threads: int = typer.Option(2),
     run_dir: Optional[Path] = typer.Option(None, help="checkpoints + record (default runs/tasks/NAME)"),
     resume: bool = typer.Option(True, help="resume from the run dir's checkpoint if there is one"),
+    save_to: Optional[Path] = typer.Option(None, help="save the model into this directory instead of under --name "
+                                                      "in the model cache"),
+    overwrite: bool = typer.Option(False, help="replace an earlier run dir / a non-empty --save-to directory"),
 ):
     """Fine-tune the full model on the real task: the default teacher."""
     from ..tasks.io import TaskFileError
     from ..tasks.vocab import load_tokenizer
 
     task = _task(task)
-    name = name or f"{base}-{SHORT[task]}-teacher"
-    run_dir = run_dir or Path("runs/tasks") / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    name = name or f"{Path(base).name}-{SHORT[task]}-teacher"
+    run_dir = run_dir or Path("runs/tasks") / Path(name).name
+    check_destinations(name, steps, run_dir, resume, save_to, overwrite)
     try:
         cfg = _common_cfg(base=base, name=name, task=task, mode="teacher", lr=lr, batch_size=batch_size,
                           max_steps=steps, eval_every=eval_every, eval_items=eval_items, target=target,
                           checkpoint_every=checkpoint_every, seed=seed, threads=threads)
         tok = load_tokenizer(base)
+        _check_user_files(tok, train, validation)
         tr, va, info = _load_or_make(task, tok, boxes, seed, train, validation, run_dir, need_train=True)
     except (ValidationError, TaskFileError, ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
-    _run(cfg, tr, va, run_dir, resume, {**info, "boxes": boxes if task == "entity-tracking" else None})
+    _run(cfg, tr, va, run_dir, resume, {**info, "boxes": boxes if task == "entity-tracking" else None}, save_to,
+         overwrite)
 
 
 def warmup_cmd(
@@ -169,15 +201,18 @@ def warmup_cmd(
     threads: int = typer.Option(2),
     run_dir: Optional[Path] = typer.Option(None, help="checkpoints + record (default runs/tasks/NAME)"),
     resume: bool = typer.Option(True),
+    save_to: Optional[Path] = typer.Option(None, help="save the model into this directory instead of under --name "
+                                                      "in the model cache"),
+    overwrite: bool = typer.Option(False, help="replace an earlier run dir / a non-empty --save-to directory"),
 ):
     """Briefly fine-tune on a related but distinct variant until real-task validation accuracy reaches --target."""
     from ..tasks.io import TaskFileError, load_items
     from ..tasks.vocab import load_tokenizer
 
     task = _task(task)
-    name = name or f"{base}-{SHORT[task]}-warm"
-    run_dir = run_dir or Path("runs/tasks") / name
-    run_dir.mkdir(parents=True, exist_ok=True)
+    name = name or f"{Path(base).name}-{SHORT[task]}-warm"
+    run_dir = run_dir or Path("runs/tasks") / Path(name).name
+    check_destinations(name, steps, run_dir, resume, save_to, overwrite)
     template = warm_template or WARMUP_TEMPLATE[task]
     try:
         wb = [int(x) for x in warm_boxes.split(",") if x.strip()]
@@ -185,6 +220,7 @@ def warmup_cmd(
                           max_steps=steps, eval_every=eval_every, eval_items=eval_items, target=target,
                           checkpoint_every=checkpoint_every, seed=seed, threads=threads)
         tok = load_tokenizer(base)
+        _check_user_files(tok, validation)
         _, va, info = _load_or_make(task, tok, boxes, seed, None, validation, run_dir, need_train=False)
         avoid_words = _vocab_of(va)
         for p in avoid:
@@ -199,7 +235,7 @@ def warmup_cmd(
     info.update({"warmup_file": str(run_dir / "data_warmup.jsonl"), "variant": variant,
                  "avoided_words": len(avoid_words), "avoid_files": [str(p) for p in avoid],
                  "real_task_boxes": boxes if task == "entity-tracking" else None})
-    _run(cfg, tr, va, run_dir, resume, info)
+    _run(cfg, tr, va, run_dir, resume, info, save_to, overwrite)
 
 
 def register(app: typer.Typer) -> None:

@@ -28,20 +28,13 @@ import warnings
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..utils import read_json_file
+from ..utils import UserError, read_json_file
 
 
 class Pair(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-    @field_validator("student", "teacher")
-    @classmethod
-    def _non_negative(cls, v):
-        if min(v) < 0:
-            raise ValueError(f"layer and head must be >= 0, got L{v[0]}.H{v[1]}")
-        return v
 
     student: tuple[int, int] = Field(..., description="(layer, head) of the student head")
     teacher: tuple[int, int] = Field(..., description="(layer, head) of its teacher partner")
@@ -78,11 +71,11 @@ def load_pairing(path: str | Path) -> Pairing:
         pairing = Pairing(**raw)
     except ValidationError as e:
         lines = [f"  {'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise ValueError(f"{p}: not a valid pairing file:\n" + "\n".join(lines)) from None
+        raise UserError(f"{p}: not a valid pairing file:\n" + "\n".join(lines)) from None
     seen = set()
     for i, pair in enumerate(pairing.pairs):
         if pair.student in seen:
-            raise ValueError(f"{p}: pairs.{i}: student head L{pair.student[0]}.H{pair.student[1]} appears twice; "
+            raise UserError(f"{p}: pairs.{i}: student head L{pair.student[0]}.H{pair.student[1]} appears twice; "
                              "each student head has one teacher partner")
         seen.add(pair.student)
     return pairing

@@ -169,7 +169,14 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     local_b = cfg.batch_size // world
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    cfg_hash = sha256_json(cfg.model_dump(mode="json", exclude=set(RESUME_MAY_CHANGE)))
+    from ..preflight import input_fingerprints
+
+    # what the run reads joins the hash, so a resume after the data or a model changed is refused
+    cfg_hash = sha256_json({"config": cfg.model_dump(mode="json", exclude=set(RESUME_MAY_CHANGE)),
+                            "inputs": input_fingerprints({"data": cfg.data, "student": cfg.student,
+                                                          "teacher": cfg.teacher, "teacher_cache": cfg.teacher_cache,
+                                                          "interchange_cache": cfg.interchange_cache,
+                                                          "pairing": cfg.pairing})})
     if ckpt_path.exists() and not resume:
         raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     seed_everything(cfg.seed)
@@ -265,8 +272,9 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck["config_hash"] != cfg_hash:
-            raise ValueError(f"{ckpt_path} was written by a different config; resume needs the same config except "
-                             f"{', '.join(RESUME_MAY_CHANGE)} (compare with config.json in that directory)")
+            raise ValueError(f"{ckpt_path} was written by a different config or from other inputs (data, models, "
+                             f"caches, pairing); resume needs the same config except {', '.join(RESUME_MAY_CHANGE)} "
+                             "and unchanged inputs (compare with config.json in that directory)")
         if ck["step"] > cfg.steps:
             raise ValueError(f"{ckpt_path} is at step {ck['step']}, beyond steps={cfg.steps}")
         _load_trainable(deltas, student, ck["trainable"])

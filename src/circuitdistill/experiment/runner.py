@@ -337,8 +337,13 @@ def eval_key(cfg: ExperimentConfig) -> dict:
 def prepare_stages(cfg: ExperimentConfig, R: StageRunner, log=print) -> dict:
     """Every stage before training: models, data, teacher, circuit, teacher caches, students and pairings."""
     pick = lambda *keys: _pick(cfg, *keys)  # noqa: E731
+    # the models' content joins the key: every later stage depends on this one, so changed weights rerun them all;
+    # built-ins are prepared first so the key sees their converted weights, not their absence
+    for ref in (cfg.teacher_base, cfg.student_base, cfg.teacher, cfg.student):
+        if ref in BUILTINS:
+            prepare(ref)
     models = R.run("models", pick("teacher_base", "student_base", "teacher", "student"),
-                   lambda d: stage_models(cfg)).outputs
+                   lambda d: stage_models(cfg), content=pick("teacher_base", "student_base", "teacher", "student")).outputs
     data = R.run("data", pick("task", "boxes", "n_train", "n_validation", "n_test", "data_seed"),
                  lambda d: stage_data(cfg, models, d), deps=("models",)).outputs
     teacher = R.run("teacher", pick("teacher_steps", "teacher_target", "threads"),

@@ -1,6 +1,7 @@
 """Content-hash cached stages: re-running an experiment skips every stage whose inputs did not change.
 
-A stage's key hashes its name, the config fields it reads and the keys of the stages it depends on.
+A stage's key hashes its name, the config fields it reads, the keys of the stages it depends on and the
+content fingerprints of the files or directories (model weights, data) it is given as ``content``.
 Its outputs live in ``OUT/stages/<name>-<key[:12]>/``; ``done.json`` (written last, atomically) marks
 it finished and records the wall time. A stage that fails leaves no ``done.json`` and is re-run,
 continuing from its own checkpoints where it keeps them.
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..preflight import input_fingerprints
 from ..utils import sha256_json, write_json_atomic
 
 
@@ -32,8 +34,14 @@ class StageRunner:
     log: Callable[[str], None] = print
     results: dict[str, StageResult] = field(default_factory=dict)
 
-    def run(self, name: str, inputs: Any, fn: Callable[[Path], dict], deps: tuple[str, ...] = ()) -> StageResult:
-        key = sha256_json({"stage": name, "inputs": inputs, "deps": [self.results[d].key for d in deps]})
+    def run(self, name: str, inputs: Any, fn: Callable[[Path], dict], deps: tuple[str, ...] = (),
+            content: dict[str, str | Path | None] | None = None) -> StageResult:
+        """``content``: label -> file, directory or model name the stage reads (None entries are skipped); a
+        change to what it holds re-runs the stage."""
+        parts = {"stage": name, "inputs": inputs, "deps": [self.results[d].key for d in deps]}
+        if content:
+            parts["content"] = input_fingerprints(dict(sorted(content.items())))
+        key = sha256_json(parts)
         d = self.root / "stages" / f"{name}-{key[:12]}"
         done = d / "done.json"
         if done.exists():

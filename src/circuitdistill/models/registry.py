@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils import cache_home, package_versions, sha256_file, write_json_atomic
+from ..utils import UserError, cache_home, package_versions, sha256_file, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,36 @@ BUILTINS: dict[str, BuiltinModel] = {
 }
 
 
-class ModelNotAvailable(FileNotFoundError):
+class ModelNotAvailable(UserError, FileNotFoundError):
     pass
+
+
+MODEL_MARKER = "circuitdistill.json"  # written last into every model directory we save
+_WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def check_derived_name(name: str) -> str:
+    """A derived model's name lives in its own namespace under ``models_dir()``: it may not shadow a built-in,
+    be a path (separator, ``..``) or start with a dot. Use ``--save-to DIR`` to write to a directory."""
+    if not name or not name.strip():
+        raise UserError("a model name may not be empty")
+    if name in BUILTINS:
+        raise UserError(f"model name {name!r} is a built-in model; choose another name (e.g. {name}-teacher)")
+    if "/" in name or "\\" in name or ".." in name or name.startswith(".") or name != name.strip():
+        raise UserError(f"model name {name!r} must be a plain name (no path separator, no '..', no leading dot); "
+                        f"to write the model to a directory use --save-to DIR")
+    return name
+
+
+def check_save_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse to replace a non-empty directory we did not write (no circuitdistill.json) unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file; --save-to needs a directory (new, empty or a model saved by circuitdistill)")
+    if out.is_dir() and any(out.iterdir()) and not (out / MODEL_MARKER).exists() and not overwrite:
+        raise UserError(f"{out} is not empty and is not a model saved by circuitdistill; saving would delete what it "
+                        f"holds. Choose a new or empty directory, or pass --overwrite")
+    return out
 
 
 def models_dir() -> Path:
@@ -161,16 +189,36 @@ def resolve(name_or_path: str, auto_prepare: bool = True) -> str:
         f"under {models_dir()}, a local directory with config.json, or a hub id already in your HF cache.")
 
 
+def check_model_dir(path: Path) -> None:
+    """A local model directory needs a readable config.json and weights; say which is missing."""
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise ModelNotAvailable(f"{path / 'config.json'} is not a valid model config ({e})") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise ModelNotAvailable(f"{path / 'config.json'} has no model_type; it is not a Hugging Face model config")
+    if not any(next(path.glob(pattern), None) for pattern in _WEIGHT_FILES):
+        raise ModelNotAvailable(f"{path} has config.json but no weights (model.safetensors or pytorch_model.bin)")
+
+
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                attn_implementation: str | None = None):
     """Load (model, tokenizer) offline; the tokenizer pads on the left so position -1 is every row's last token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(name_or_path)
+    check_model_dir(Path(path))
     kwargs = {"dtype": dtype, "local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as e:
+        if "Unrecognized configuration class" not in str(e):
+            raise
+        raise ModelNotAvailable(f"{name_or_path} is not a causal (decoder-only) language model "
+                                f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    model = model.to(device).eval()
     drop_gguf_quantization(model)  # caches prepared by older versions still carry it
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     prepare_tokenizer(tok)
@@ -217,18 +265,30 @@ def drop_gguf_quantization(model) -> None:
         model.is_quantized = False
 
 
-def save_model_dir(model, tokenizer, out: Path, meta: dict) -> Path:
-    """Save model + tokenizer + circuitdistill.json into ``out``, swapping the whole directory in atomically."""
+def save_model_dir(model, tokenizer, out: Path, meta: dict, overwrite: bool = False) -> Path:
+    """Save model + tokenizer + circuitdistill.json into ``out``, swapping the whole directory in with renames.
+    A non-empty ``out`` that is not a model we saved is refused unless ``overwrite``."""
     drop_gguf_quantization(model)
+    check_save_dir(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not out.exists():  # a save killed between its two renames: put the previous model back
+        old.rename(out)
+    for stale in out.parent.glob(f".{out.name}.????????"):  # temp directories of saves that were killed
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "circuitdistill.json", {**meta, "versions": package_versions()})
+        write_json_atomic(tmp / MODEL_MARKER, {**meta, "versions": package_versions()})
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -237,4 +297,5 @@ def save_model_dir(model, tokenizer, out: Path, meta: dict) -> Path:
 
 def save_derived(model, tokenizer, name: str, meta: dict) -> Path:
     """Save a trained model under a name later commands accept (atomic directory swap)."""
+    check_derived_name(name)
     return save_model_dir(model, tokenizer, cached_dir(name), {"name": name, **meta})

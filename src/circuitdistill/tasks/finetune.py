@@ -3,13 +3,16 @@
 Objective: cross-entropy of the answer's first token at the final prompt position (``logits_to_keep=1``,
 so only that position's logits are computed), AdamW, fixed batch order per seed. Validation accuracy
 on the REAL task is measured every ``eval_every`` steps; training stops once it reaches ``target``
-(if set) or after ``max_steps``. Checkpoints (weights as safetensors, optimizer state, history) are
-written atomically every ``checkpoint_every`` steps; a rerun with the same config resumes from them.
+(if set) or after ``max_steps``. Checkpoints (weights as safetensors, optimizer state, history and a
+manifest of their hashes) are written every ``checkpoint_every`` steps as one directory swapped in with renames;
+a rerun with the same config resumes from the last whole one.
 The result is saved with ``registry.save_derived`` under ``name`` with a record of exactly what ran.
 """
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Literal, Sequence
@@ -18,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from ..utils import atomic_path, provenance, sha256_json, write_json_atomic
+from ..utils import UserError, provenance, sha256_file, sha256_json, write_json_atomic
 from .batching import encode_items
 from .schema import TaskItem
 from .scoring import evaluate, forward_inputs
@@ -65,42 +68,75 @@ def final_position_loss(model, batch: dict) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.float(), batch["answer_ids"].to(device))
 
 
-def _ckpt_paths(run_dir: Path) -> dict[str, Path]:
-    d = run_dir / "checkpoint"
-    return {"dir": d, "weights": d / "model.safetensors", "optim": d / "optimizer.pt", "state": d / "state.json"}
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "state.json")
+MANIFEST = "manifest.json"  # sha256 of every checkpoint file, written last
+
+
+def _ckpt_dirs(run_dir: Path) -> tuple[Path, Path]:
+    return run_dir / "checkpoint", run_dir / ".checkpoint.old"
 
 
 def save_checkpoint(run_dir: Path, model, opt, state: dict) -> None:
+    """Write the checkpoint as a new directory beside the current one (manifest last), then swap it in with
+    renames: a kill at any moment leaves either the previous checkpoint or the new one, whole."""
     from safetensors.torch import save_model
 
-    p = _ckpt_paths(run_dir)
-    p["dir"].mkdir(parents=True, exist_ok=True)
-    with atomic_path(p["weights"]) as tmp:
-        save_model(model, str(tmp))  # handles tied (shared) weights
-    with atomic_path(p["optim"]) as tmp:
-        torch.save(opt.state_dict(), tmp)
-    write_json_atomic(p["state"], state)  # written last: its presence marks a complete checkpoint
+    current, old = _ckpt_dirs(run_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.new-", dir=run_dir))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) weights
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        write_json_atomic(tmp / "state.json", state)
+        write_json_atomic(tmp / MANIFEST, {name: sha256_file(tmp / name) for name in CHECKPOINT_FILES})
+        if current.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            current.rename(old)
+        tmp.rename(current)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def recover_checkpoint(run_dir: Path) -> None:
+    """Undo what a kill inside ``save_checkpoint`` left: put the previous checkpoint back if the swap was cut
+    between its renames, and delete half-written new checkpoint directories."""
+    current, old = _ckpt_dirs(run_dir)
+    if old.is_dir() and not current.exists():
+        old.rename(current)
+    shutil.rmtree(old, ignore_errors=True)
+    for stale in run_dir.glob(".checkpoint.new-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_checkpoint(run_dir: Path, model, opt, config_hash: str) -> dict | None:
     from safetensors.torch import load_model
 
-    p = _ckpt_paths(run_dir)
-    if not p["state"].exists():
+    current, _ = _ckpt_dirs(run_dir)
+    if not (current / "state.json").exists():
         return None
-    state = json.loads(p["state"].read_text())
+    if not (current / MANIFEST).exists():
+        raise UserError(f"checkpoint {current} has no manifest: an older version wrote it one file at a time and "
+                        f"it may be torn; delete that directory to start over (or use another --run-dir)")
+    manifest = json.loads((current / MANIFEST).read_text())
+    for name in CHECKPOINT_FILES:
+        if not (current / name).exists() or sha256_file(current / name) != manifest.get(name):
+            raise UserError(f"checkpoint {current} is damaged: {name} does not match its manifest; delete that "
+                            f"directory to start over")
+    state = json.loads((current / "state.json").read_text())
     if state.get("config_hash") != config_hash:
-        raise ValueError(f"checkpoint in {p['dir']} was made with a different config or data; "
-                         f"use another --run-dir or delete that checkpoint (or pass --no-resume)")
-    load_model(model, str(p["weights"]), strict=True)
-    opt.load_state_dict(torch.load(p["optim"], weights_only=False))
+        raise UserError(f"checkpoint in {current} was made with a different config or data; "
+                        f"use another --run-dir or delete that checkpoint (or pass --no-resume --overwrite)")
+    load_model(model, str(current / "model.safetensors"), strict=True)
+    opt.load_state_dict(torch.load(current / "optimizer.pt", weights_only=False))
     return state
 
 
 def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Sequence[TaskItem], run_dir: str | Path,
              resume: bool = True, model=None, tokenizer=None, save: bool = True, data_info: dict | None = None,
-             progress: bool = True) -> dict:
-    """Fine-tune ``cfg.base`` (or the given model) and save it as ``cfg.name``; returns the run record."""
+             progress: bool = True, save_to: str | Path | None = None, overwrite: bool = False) -> dict:
+    """Fine-tune ``cfg.base`` (or the given model) and save it as ``cfg.name`` (or into the directory ``save_to``,
+    which must be new, empty or a model we saved unless ``overwrite``); returns the run record."""
     from ..models import registry
 
     if not train_items:
@@ -109,6 +145,7 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
         raise ValueError("no validation items")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    recover_checkpoint(run_dir)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if model is None:
@@ -195,7 +232,10 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
                        f"{evals[-1]['val_accuracy']:.3f}" if evals else "",
     }
     write_json_atomic(run_dir / "record.json", record)
-    if save:
+    if save and save_to is not None:
+        record["saved_to"] = str(registry.save_model_dir(model, tokenizer, Path(save_to), record, overwrite=overwrite))
+        write_json_atomic(run_dir / "record.json", record)
+    elif save:
         record["saved_to"] = str(registry.save_derived(model, tokenizer, cfg.name, record))
         write_json_atomic(run_dir / "record.json", record)
     return record

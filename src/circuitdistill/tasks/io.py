@@ -17,14 +17,14 @@ from typing import Iterable
 
 from pydantic import ValidationError
 
-from ..utils import write_jsonl_atomic
+from ..utils import MissingFile, UserError, write_jsonl_atomic
 from .schema import TaskItem
 
 BOX_FORMAT_KEYS = ("sentence", "sample_id", "numops")
 _PUNCT = ".,;:!?\"'"
 
 
-class TaskFileError(ValueError):
+class TaskFileError(UserError):
     """Every problem found in a task file, one per line of the message: ``file:line: field: what is wrong``."""
 
     def __init__(self, path: str | Path, problems: list[tuple[int, str, str]]):
@@ -66,41 +66,53 @@ def load_items(path: str | Path) -> list[TaskItem]:
     """Read a JSONL task file; raise TaskFileError listing every bad line with its field."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"task file {path} does not exist")
+        raise MissingFile(f"task file {path} does not exist")
+    if path.is_dir():
+        raise TaskFileError(path, [(0, "<file>", "is a directory; give a JSONL file")])
     items: list[TaskItem] = []
     problems: list[tuple[int, str, str]] = []
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append((ln, "<json>", f"not valid JSON ({e.msg} at column {e.colno})"))
-                continue
-            try:
-                items.append(parse_row(row))
-            except ValidationError as e:
-                for err in e.errors():
-                    field = ".".join(str(x) for x in err["loc"]) or "<line>"
-                    problems.append((ln, field, err["msg"] if err["type"] != "extra_forbidden" else
-                                     "unknown field (allowed: prompt, answer, corrupted_prompt, corrupted_answer, "
-                                     "candidates, split, meta; or the box format sentence, sample_id, numops)"))
-            except TypeError as e:
-                problems.append((ln, "<line>", str(e)))
-            except ValueError as e:
-                problems.append((ln, "sentence", str(e)))
-            else:
-                it = items[-1]
-                if it.corrupted_answer is not None and it.corrupted_prompt is None:
-                    problems.append((ln, "corrupted_answer", "given without corrupted_prompt"))
-                if it.candidates is not None and it.answer not in it.candidates:
-                    problems.append((ln, "candidates", f"does not contain the answer {it.answer!r}"))
+    for ln, line in _numbered_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append((ln, "<json>", f"not valid JSON ({e.msg} at column {e.colno})"))
+            continue
+        try:
+            items.append(parse_row(row))
+        except ValidationError as e:
+            for err in e.errors():
+                field = ".".join(str(x) for x in err["loc"]) or "<line>"
+                problems.append((ln, field, err["msg"] if err["type"] != "extra_forbidden" else
+                                 "unknown field (allowed: prompt, answer, corrupted_prompt, corrupted_answer, "
+                                 "candidates, split, meta; or the box format sentence, sample_id, numops)"))
+        except TypeError as e:
+            problems.append((ln, "<line>", str(e)))
+        except ValueError as e:
+            problems.append((ln, "sentence", str(e)))
+        else:
+            it = items[-1]
+            if it.corrupted_answer is not None and it.corrupted_prompt is None:
+                problems.append((ln, "corrupted_answer", "given without corrupted_prompt"))
+            if it.candidates is not None and it.answer not in it.candidates:
+                problems.append((ln, "candidates", f"does not contain the answer {it.answer!r}"))
     if problems:
         raise TaskFileError(path, problems)
     if not items:
         raise TaskFileError(path, [(0, "<file>", "holds no items")])
     return items
+
+
+def _numbered_lines(path: Path):
+    """(line number, text) of a UTF-8 file; bytes that are not UTF-8 raise TaskFileError naming the line."""
+    with open(path, "rb") as f:
+        for ln, raw in enumerate(f, start=1):
+            try:
+                yield ln, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TaskFileError(path, [(ln, "<bytes>", f"not UTF-8 text (byte {e.start} of the line); "
+                                            f"save the file as UTF-8")]) from None
 
 
 def save_items(path: str | Path, items: Iterable[TaskItem]) -> Path:

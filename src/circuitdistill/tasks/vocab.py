@@ -67,6 +67,11 @@ def load_tokenizer(name: str):
 
     from ..models import registry
 
-    tok = AutoTokenizer.from_pretrained(registry.resolve(name), local_files_only=True)
+    path = registry.resolve(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise registry.ModelNotAvailable(f"cannot load the tokenizer of {name} from {path} "
+                                         f"({str(e).strip().splitlines()[0]})") from None
     registry.prepare_tokenizer(tok)
     return tok
