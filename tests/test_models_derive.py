@@ -12,7 +12,7 @@ from circuitdistill.cli.main import app
 from circuitdistill.models import general_text, registry
 from circuitdistill.models.arch import get_module, table_for
 from circuitdistill.models.derive import DeriveConfig, derive
-from circuitdistill.models.heal import HealConfig
+from circuitdistill.models.heal import HealConfig, heal_loss, loss_positions
 from circuitdistill.models.prune import (angular_distances, least_important_block, parse_layer_spec,
                                          prune_layers)
 from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
@@ -93,9 +93,24 @@ def test_importance_picks_a_block_that_does_nothing():
     assert least_important_block(scores["block"], 2) == [2, 3]
 
 
+def test_losses_read_only_the_chosen_positions():
+    student, teacher = tiny_model("llama", seed=1), tiny_model("llama", seed=2)
+    ids = torch.randint(0, 1000, (2, 16))
+    cfg = HealConfig(loss_positions=4, temperature=2.0)
+    pos = loss_positions(16, 4, step=5)
+    assert pos.tolist() == [2, 5, 8, 11]  # stride 3, shifted by step % 3
+    loss, _ = heal_loss(student, teacher, ids, cfg, step=5)
+    with torch.no_grad():
+        s, t = student(input_ids=ids).logits[:, pos], teacher(input_ids=ids).logits[:, pos]
+    ce = torch.nn.functional.cross_entropy(s.reshape(-1, s.shape[-1]), ids[:, pos + 1].reshape(-1))
+    p_t = (t / 2).softmax(-1)
+    kl = (p_t * (p_t.log() - (s / 2).log_softmax(-1))).sum(-1).mean() * 4
+    torch.testing.assert_close(loss.detach(), ce + kl, rtol=1e-5, atol=1e-5)
+
+
 def _cfg(source, name, tmp_path, **heal):
     h = dict(steps=6, batch_size=2, seq_len=16, lr=1e-3, eval_every=3, checkpoint_every=2, ppl_target_ratio=None,
-             threads=1)
+             threads=1, loss_positions=4)
     return DeriveConfig(source=str(source), name=name, drop_layers="1-2", heldout_passages=6, importance_passages=4,
                         run_dir=str(tmp_path / f"run-{name}"), heal=HealConfig(**{**h, **heal}))
 

@@ -60,6 +60,7 @@ def derive_cmd(
     temperature: float = typer.Option(1.0, help="distillation temperature"),
     kd_weight: float = typer.Option(1.0, help="weight of the KL to the source's next-token distribution"),
     lm_weight: float = typer.Option(1.0, help="weight of the next-token cross-entropy"),
+    loss_positions: int = typer.Option(32, help="evenly spaced positions per chunk the losses read (0: all)"),
     eval_every: int = typer.Option(25, help="steps between held-out perplexity checks"),
     checkpoint_every: int = typer.Option(25, help="steps between checkpoints"),
     max_minutes: Optional[float] = typer.Option(None, help="stop healing after this many minutes (wall) in this run"),
@@ -79,6 +80,7 @@ def derive_cmd(
             run_dir=str(run_dir) if run_dir else None,
             heal=HealConfig(steps=heal_steps, ppl_target_ratio=ppl_target or None, lr=lr, batch_size=batch_size,
                             seq_len=seq_len, temperature=temperature, kd_weight=kd_weight, lm_weight=lm_weight,
+                            loss_positions=loss_positions or None,
                             eval_every=eval_every, checkpoint_every=checkpoint_every, threads=threads,
                             max_minutes=max_minutes))
         validate(cfg)

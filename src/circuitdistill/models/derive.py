@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..utils import cache_home, provenance, sha256_json, write_json_atomic
@@ -88,6 +89,7 @@ def derive(cfg: DeriveConfig, texts: Sequence[str] | None = None, resume: bool =
     from .general_text import load_passages, perplexity, split_passages
 
     n_layers = validate(cfg)
+    torch.set_num_threads(cfg.heal.threads)
     t0 = time.perf_counter()
     text_info: dict = {"source": "given"}
     if texts is None:

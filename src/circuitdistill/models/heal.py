@@ -1,7 +1,10 @@
 """Healing a pruned model: logit distillation from the unpruned model plus the LM loss, on general text.
 
 Loss per step: ``kd_weight * T^2 * KL(teacher_T || student_T) + lm_weight * CE(next token)``, both averaged
-over every position of packed ``seq_len``-token chunks of the healing text. AdamW, a fixed data order per
+over ``loss_positions`` evenly spaced positions of packed ``seq_len``-token chunks of the healing text (the
+spacing shifts by one position each step). Logits are computed only at those positions: on a small model the
+vocabulary projection costs more than all decoder blocks together, so this cuts a step's cost about 2.4x
+(SmolLM2-135M, 32 of 128 positions) while every token still passes through the blocks as context. AdamW, a fixed data order per
 seed (step ``s`` reads a slice of a seeded per-epoch permutation of the chunks), no other randomness.
 
 Perplexity on the held-out text is measured before healing and every ``eval_every`` steps; healing stops
@@ -9,7 +12,7 @@ once it is within ``ppl_target_ratio`` times the unpruned model's perplexity, af
 run has healed for ``max_minutes``.
 A checkpoint is one file written atomically (student weights, optimizer state, step, history), so it is
 valid as a whole or absent; a rerun with the same settings resumes from it and reaches the same weights,
-bit for bit, as a run that was never interrupted.
+bit for bit, as a run that was never interrupted (with the same thread count).
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ class HealConfig(BaseModel):
     kd_weight: float = Field(1.0, ge=0)
     lm_weight: float = Field(1.0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
+    loss_positions: int | None = Field(32, ge=1, description="positions per chunk the losses read (None: all)")
     ppl_target_ratio: float | None = Field(1.3, gt=1.0, description="stop once held-out perplexity <= this x "
                                                                       "the unpruned model's")
     eval_every: int = Field(25, ge=1)
@@ -63,15 +67,29 @@ def pack_chunks(tokenizer, texts: Sequence[str], seq_len: int) -> torch.Tensor:
     return torch.tensor(ids[: n * seq_len]).view(n, seq_len)
 
 
-def heal_loss(student, teacher, ids: torch.Tensor, cfg: HealConfig) -> tuple[torch.Tensor, dict]:
+def loss_positions(seq_len: int, n: int | None, step: int) -> torch.Tensor | None:
+    """Every ``stride``-th position of a chunk, shifted by one each step so all positions take turns."""
+    if n is None or n >= seq_len - 1:
+        return None
+    stride = (seq_len - 1) // n
+    return torch.arange(n) * stride + step % stride
+
+
+def heal_loss(student, teacher, ids: torch.Tensor, cfg: HealConfig, step: int = 0) -> tuple[torch.Tensor, dict]:
+    pos = loss_positions(ids.shape[1], cfg.loss_positions, step)
+    keep = pos if pos is not None else 0  # logits_to_keep=0 keeps every position
     with torch.no_grad():
-        t_logits = teacher(input_ids=ids, use_cache=False).logits.float()
-    s_logits = student(input_ids=ids, use_cache=False).logits.float()
+        t_logits = teacher(input_ids=ids, use_cache=False, logits_to_keep=keep).logits.float()
+    s_logits = student(input_ids=ids, use_cache=False, logits_to_keep=keep).logits.float()
+    if pos is None:
+        t_logits, s_logits, target = t_logits[:, :-1], s_logits[:, :-1], ids[:, 1:]
+    else:
+        target = ids[:, pos + 1]
     vocab = s_logits.shape[-1]
-    ce = F.cross_entropy(s_logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1))
+    ce = F.cross_entropy(s_logits.reshape(-1, vocab), target.reshape(-1))
     T = cfg.temperature
-    kd = F.kl_div(F.log_softmax(s_logits / T, -1).view(-1, vocab), F.log_softmax(t_logits / T, -1).view(-1, vocab),
-                  log_target=True, reduction="batchmean") * T * T
+    kd = F.kl_div(F.log_softmax(s_logits / T, -1).reshape(-1, vocab),
+                  F.log_softmax(t_logits / T, -1).reshape(-1, vocab), log_target=True, reduction="batchmean") * T * T
     return cfg.kd_weight * kd + cfg.lm_weight * ce, {"kd": kd.item(), "ce": ce.item()}
 
 
@@ -129,7 +147,7 @@ def heal(student, teacher, tokenizer, train_texts: Sequence[str], heldout_texts:
     while stop_reason is None and step < cfg.steps:
         t, c = time.perf_counter(), time.process_time()
         ids = chunks[batch_indices(len(chunks), cfg.batch_size, step, seed)]
-        loss, parts = heal_loss(student, teacher, ids, cfg)
+        loss, parts = heal_loss(student, teacher, ids, cfg, step)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
