@@ -156,12 +156,12 @@ def heal(student, teacher, tokenizer, train_texts: Sequence[str], heldout_texts:
         step += 1
         state["train_seconds"] += time.perf_counter() - t
         state["train_cpu_seconds"] += time.process_time() - c
-        history.append({"step": step, "loss": float(loss), **parts})
+        history.append({"step": step, "loss": loss.item(), **parts})
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", ppl=f"{ppl:.2f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", ppl=f"{ppl:.2f}")
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ppl = evaluate(step)
-            bar.set_postfix(loss=f"{float(loss):.3f}", ppl=f"{ppl:.2f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", ppl=f"{ppl:.2f}")
             if target is not None and ppl <= target:
                 stop_reason = f"held-out perplexity {ppl:.2f} <= target {target:.2f} at step {step}"
         if stop_reason is None and cfg.max_minutes and time.perf_counter() - t_run > 60 * cfg.max_minutes:
