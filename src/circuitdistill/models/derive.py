@@ -107,7 +107,7 @@ def derive(cfg: DeriveConfig, texts: Sequence[str] | None = None, resume: bool =
     scores = angular_distances(teacher, tok, train[: cfg.importance_passages], block, progress=progress)
     drop = explicit if explicit is not None else least_important_block(scores["block"], block)
     check_drop(drop, n_layers)
-    teacher_ppl = perplexity(teacher, tok, heldout, max_length=cfg.heal.eval_max_length)
+    teacher_ppl = perplexity(teacher, tok, heldout, max_length=cfg.heal.eval_max_length, progress=progress)
 
     student = prune_layers(copy.deepcopy(teacher), drop)
     for p in student.parameters():
@@ -120,7 +120,7 @@ def derive(cfg: DeriveConfig, texts: Sequence[str] | None = None, resume: bool =
         if healing.get("interrupted"):
             return healing
     else:
-        ppl = perplexity(student, tok, heldout, max_length=cfg.heal.eval_max_length)
+        ppl = perplexity(student, tok, heldout, max_length=cfg.heal.eval_max_length, progress=progress)
         healing = {"steps": 0, "stop_reason": "healing skipped", "ppl_before": ppl, "ppl_after": ppl,
                    "ratio_after": ppl / teacher_ppl}
     derivation = {

@@ -123,7 +123,7 @@ def heal(student, teacher, tokenizer, train_texts: Sequence[str], heldout_texts:
     def evaluate(step: int) -> float:
         t = time.perf_counter()
         student.eval()
-        ppl = perplexity(student, tokenizer, list(heldout_texts), max_length=cfg.eval_max_length)
+        ppl = perplexity(student, tokenizer, list(heldout_texts), max_length=cfg.eval_max_length, progress=progress)
         student.train()
         state["eval_seconds"] += time.perf_counter() - t
         history.append({"step": step, "heldout_ppl": ppl, "ratio": ppl / teacher_ppl})
