@@ -34,6 +34,19 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
+    """Items of training step ``step``: consecutive slices of a seeded permutation per epoch (resume-exact)."""
+    out: list[int] = []
+    pos = step * batch_size
+    while len(out) < batch_size:
+        epoch, off = divmod(pos, n_items)
+        perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        take = min(batch_size - len(out), n_items - off)
+        out.extend(perm[off:off + take])
+        pos += take
+    return out
+
+
 def package_versions(extra: Iterable[str] = ()) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in (*_TRACKED_PACKAGES, *extra):

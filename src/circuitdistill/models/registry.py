@@ -247,10 +247,15 @@ def list_models() -> list[dict]:
         for d in sorted(models_dir().iterdir()):
             if d.name in BUILTINS or d.name.startswith(".") or not (d / "config.json").exists():
                 continue
-            meta = d / "circuitdistill.json"
-            desc = json.loads(meta.read_text()).get("description", "") if meta.exists() else ""
-            rows.append({"name": d.name, "kind": "derived", "installed": True, "prepared": True,
-                         "description": desc, "license": "", "install": None})
+            meta_path = d / "circuitdistill.json"
+            meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+            row = {"name": d.name, "kind": "derived", "installed": True, "prepared": True,
+                   "description": meta.get("description", ""), "license": "", "install": None}
+            if "derivation" in meta:
+                row["derivation"] = {k: v for k, v in meta["derivation"].items() if k != "angular_distance"}
+                row["seed"] = meta.get("provenance", {}).get("seed")
+                row["versions"] = meta.get("versions")
+            rows.append(row)
     return rows
 
 

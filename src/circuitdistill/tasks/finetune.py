@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from ..utils import UserError, provenance, sha256_file, sha256_json, write_json_atomic
+from ..utils import UserError, batch_indices, provenance, sha256_file, sha256_json, write_json_atomic  # noqa: F401
 from .batching import encode_items
 from .schema import TaskItem
 from .scoring import evaluate, forward_inputs
@@ -46,19 +46,6 @@ class FinetuneConfig(BaseModel):
     checkpoint_every: int = Field(25, ge=1)
     seed: int = 0
     threads: int = Field(2, ge=1, le=256)
-
-
-def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """Items of training step ``step``: consecutive slices of a seeded permutation per epoch (resume-exact)."""
-    out: list[int] = []
-    pos = step * batch_size
-    while len(out) < batch_size:
-        epoch, off = divmod(pos, n_items)
-        perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        take = min(batch_size - len(out), n_items - off)
-        out.extend(perm[off:off + take])
-        pos += take
-    return out
 
 
 def final_position_loss(model, batch: dict) -> torch.Tensor:
