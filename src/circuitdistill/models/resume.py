@@ -26,8 +26,11 @@ class LayerCalls:
     batch: int
 
 
-def record_layer_calls(hooked: HookedLM, inputs: dict) -> LayerCalls:
-    """Run ``inputs`` once (no cache, gradients off) and keep every decoder layer's call."""
+def record_layer_calls(hooked: HookedLM, inputs: dict, part: str | None = None) -> LayerCalls:
+    """Run ``inputs`` once (no cache, gradients off) and keep every decoder layer's call.
+
+    ``part`` (a path inside a block, e.g. ``hooked.table.attn``) keeps that submodule's calls instead.
+    """
     layers = get_module(hooked.model, hooked.table.layers)
     n = len(layers)
     hidden: list = [None] * n
@@ -45,7 +48,8 @@ def record_layer_calls(hooked: HookedLM, inputs: dict) -> LayerCalls:
     handles = []
     try:
         for i, layer in enumerate(layers):
-            handles.append(layer.register_forward_pre_hook(keeper(i), with_kwargs=True))
+            mod = layer if part is None else get_module(layer, part)
+            handles.append(mod.register_forward_pre_hook(keeper(i), with_kwargs=True))
         with torch.no_grad():
             hooked.model(**inputs, use_cache=False, logits_to_keep=1)
     finally:
@@ -54,8 +58,8 @@ def record_layer_calls(hooked: HookedLM, inputs: dict) -> LayerCalls:
     return LayerCalls(hidden, args, kwargs, int(inputs["input_ids"].shape[0]))
 
 
-def _repeat(x, batch: int, times: int):
-    """Repeat every per-row tensor of a layer call ``times`` times per row (row r -> rows r*times..)."""
+def repeat_rows(x, batch: int, times: int):
+    """Repeat every per-row tensor of a recorded call ``times`` times per row (row r -> rows r*times..)."""
     if isinstance(x, torch.Tensor):
         # per-row tensors (masks, position ids, rotary cos/sin) lead with the batch; 1-D ones
         # (cache positions) and batch-1 broadcasts are shared by every row
@@ -63,11 +67,11 @@ def _repeat(x, batch: int, times: int):
             return x.repeat_interleave(times, 0)
         return x
     if isinstance(x, tuple):
-        return tuple(_repeat(v, batch, times) for v in x)
+        return tuple(repeat_rows(v, batch, times) for v in x)
     if isinstance(x, list):
-        return [_repeat(v, batch, times) for v in x]
+        return [repeat_rows(v, batch, times) for v in x]
     if isinstance(x, dict):
-        return {k: _repeat(v, batch, times) for k, v in x.items()}
+        return {k: repeat_rows(v, batch, times) for k, v in x.items()}
     return x
 
 
@@ -82,7 +86,8 @@ def run_from_layer(hooked: HookedLM, calls: LayerCalls, layer: int, times: int =
     layers = get_module(model, hooked.table.layers)
     h = calls.hidden[layer].repeat_interleave(times, 0) if hidden is None else hidden
     for i in range(layer, len(layers)):
-        out = layers[i](h, *_repeat(calls.args[i], calls.batch, times), **_repeat(calls.kwargs[i], calls.batch, times))
+        out = layers[i](h, *repeat_rows(calls.args[i], calls.batch, times),
+                        **repeat_rows(calls.kwargs[i], calls.batch, times))
         h = out[0] if isinstance(out, tuple) else out
     h = get_module(model, hooked.table.final_norm)(h[:, -1:])
     logits = model.get_output_embeddings()(h)
