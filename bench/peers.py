@@ -82,17 +82,23 @@ def transformer_lens_patching(bridge, tok, items, positions: str) -> torch.Tenso
     return (total / len(items)).float()
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def compare(model, tok, items, positions: str, batch_size: int = 16, rows_per_pass: int | None = None,
-            bridge=None) -> dict:
-    """Time both on ``positions`` ("all" or "final"); returns seconds, the ratio and the max |difference|."""
+            bridge=None, clock: str = "wall") -> dict:
+    """Time both on ``positions`` ("all" or "final"); returns seconds, the ratio and the max |difference|.
+
+    ``clock="cpu"`` times this process's CPU seconds (all threads) instead of wall seconds."""
     bridge = bridge if bridge is not None else bridge_around(model)
-    t0 = time.perf_counter()
+    now = CLOCK[clock]
+    t0 = now()
     theirs = transformer_lens_patching(bridge, tok, items, positions)
-    t_tl = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_tl = now() - t0
+    t0 = now()
     ours = head_sweep(HookedLM(model, tok), items, "logprob", "corrupted", batch_size=batch_size,
                       positions=positions, rows_per_pass=rows_per_pass, progress=False)
-    t_ours = time.perf_counter() - t0
+    t_ours = now() - t0
     return {"positions": positions, "t_transformer_lens_s": t_tl, "t_ours_s": t_ours, "ratio": t_ours / t_tl,
             "max_abs_diff": float((ours - theirs).abs().max()), "ours": ours, "theirs": theirs}
 
@@ -106,6 +112,8 @@ def main() -> None:
     ap.add_argument("--rows-per-pass", type=int, default=None)
     ap.add_argument("--positions", default="all,final", help="all, final or both (comma separated)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", default="wall", choices=list(CLOCK),
+                    help="cpu: this process's CPU seconds (all threads), for a machine shared with other jobs")
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,11 +125,11 @@ def main() -> None:
     model.eval()
     items = load_items(args.data)[: args.n_items]
     bridge = bridge_around(model)
-    print(f"model {args.model}: {len(items)} items from {args.data}; threads={args.threads}; "
+    print(f"model {args.model}: {len(items)} items from {args.data}; threads={args.threads}; {args.clock} seconds; "
           f"{len(length_groups(tok, items))} length group(s) for TransformerLens")
     results = []
     for positions in args.positions.split(","):
-        r = compare(model, tok, items, positions.strip(), args.batch_size, args.rows_per_pass, bridge)
+        r = compare(model, tok, items, positions.strip(), args.batch_size, args.rows_per_pass, bridge, args.clock)
         results.append(r)
         print(f"{r['positions']:>5} positions: TransformerLens {r['t_transformer_lens_s']:8.1f} s   ours "
               f"{r['t_ours_s']:8.1f} s   ours / TL {r['ratio']:.3f}   max |ours - TL| {r['max_abs_diff']:.2e}"
