@@ -80,7 +80,8 @@ def run_from_layer(hooked: HookedLM, calls: LayerCalls, layer: int, times: int =
     """Final-position logits [b * times, V] of running layers ``layer``..end on the recorded input.
 
     Row r of the output continues recorded row r // times. ``hidden`` replaces the recorded residual
-    input of ``layer`` (already repeated).
+    input of ``layer`` (already repeated). Run it under the attention implementation the calls were
+    recorded with: the masks HF builds differ between eager and sdpa (sdpa may pass none at all).
     """
     model = hooked.model
     layers = get_module(model, hooked.table.layers)
