@@ -163,13 +163,14 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                     sel[:, i % p] = 1
             sel = sel * clean["attention_mask"].view(b, p, 1, 1).float()  # padding never counts
             sel = sel[:, -q:]  # the positions the passes computed (the final one alone on the shared prefix)
-            est = _linear(delta, grads, sel, hooks)
+            sel = sel.to(z[hooks[0]].device)
+            qk = 0.0
             if qk_fix:
-                est = est + _qk_term(hooked, inputs, z, {h: delta[h] * sel for h in hooks},
-                                     [rec[a].detach() for a in patterns], pattern_grads, rpp)
+                qk = _qk_term(hooked, inputs, z, {h: delta[h] * sel for h in hooks},
+                              [rec[a].detach() for a in patterns], pattern_grads, rpp)
             for j, dg in enumerate(drop_grads):  # the QK term does not go through the dropped gradients
-                by_drop[j] += est + _linear(delta, dg, sel, hooks) - _linear(delta, grads, sel, hooks)
-            total += est
+                by_drop[j] += _linear(delta, dg, sel, hooks) + qk
+            total += _linear(delta, grads, sel, hooks) + qk
     finally:
         for prm, g in zip(model.parameters(), params_grad):
             prm.requires_grad_(g)
@@ -181,7 +182,8 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
 
 
 def _linear(delta: dict, grads, sel: torch.Tensor, hooks: list[str]) -> torch.Tensor:
-    return torch.stack([(delta[h] * grads[l] * sel).sum(dim=(0, 1, 3)).double() for l, h in enumerate(hooks)])
+    """AtP's first-order estimate per head, summed over the batch: [n_layers, n_heads]."""
+    return torch.stack([(delta[h] * grads[l] * sel).sum(dim=(0, 1, 3)).double().cpu() for l, h in enumerate(hooks)])
 
 
 def _qk_term(hooked: HookedLM, inputs: dict, z: dict, delta: dict, patterns: list, pattern_grads, rows_per_pass: int
