@@ -12,6 +12,11 @@ the HF key/value cache, and each row then runs a single token on a copy of that 
 (causal attention: nothing at earlier positions can see the final position) and it is what makes a
 sweep over all heads cheap.
 
+When every position is replaced, the unablated pass runs once per item batch with each decoder
+layer's input kept (``models.resume``); a row that replaces a head of layer L then runs only layers
+L..end, and the rows of one pass all start at the same layer. A head in layer L cannot change
+anything before layer L, so this is exact too, and it skips half the layers on average.
+
 Replacement modes: ``zero``; ``mean`` (``mean_head_outputs`` over a reference set); ``resample``
 (the head's output on another, randomly drawn item of the same batch, seeded); ``corrupted`` (the
 head's output on the item's corrupted prompt: activation patching, noising direction) and ``clean``
@@ -27,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..models.arch import check_head
 from ..models.hooks import HookedLM, Intervention, compute_means, hook_name
+from ..models.resume import record_layer_calls, run_from_layer
 from ..tasks.batching import batches, encode_items, model_inputs
 from ..tasks.metrics import METRICS, final_logits, per_item
 from ..tasks.schema import TaskItem
@@ -137,12 +143,13 @@ def _source_z(hooked: HookedLM, run_batch: dict, items: Sequence[TaskItem], mode
 def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accuracy", mode: Mode = "mean",
                means: dict[str, torch.Tensor] | None = None, heads: Sequence[Sequence[int]] | None = None,
                batch_size: int = 32, positions=None, seed: int = 0, progress: bool = True,
-               rows_per_pass: int | None = None, prefix_cache: bool = True, return_per_item: bool = False):
+               rows_per_pass: int | None = None, prefix_cache: bool = True, return_per_item: bool = False,
+               layer_skip: bool = True):
     """Mean metric over ``items`` with each single head replaced; [n_layers, n_heads] (NaN where not swept).
 
     ``batch_size`` items are encoded together; ``rows_per_pass`` bounds the rows of one forward pass
-    (default: ``batch_size``, or ``8 * batch_size`` for the cheap one-token passes of final-position
-    sweeps). ``prefix_cache=False`` forces full forward passes even for final-position sweeps.
+    (default: ``8 * batch_size``; ``batch_size`` for full passes). ``prefix_cache=False`` forces full
+    forward passes for final-position sweeps; ``layer_skip=False`` runs every layer for the others.
     With ``return_per_item`` it also returns the per-item values [n_items, n_layers, n_heads].
     """
     check_metric(metric)
@@ -161,11 +168,12 @@ def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accur
     if mode == "mean" and means is None:
         means = mean_head_outputs(hooked, items, batch_size)
     use_cache = prefix_cache and pos == [-1]
-    rpp = rows_per_pass or (8 * batch_size if use_cache else batch_size)
+    skip = layer_skip and not use_cache
+    rpp = rows_per_pass or (8 * batch_size if use_cache or skip else batch_size)
     gen = torch.Generator().manual_seed(seed)
     per_item_vals = torch.full((len(items), s.n_layers, s.n_heads), float("nan"))
     chunks = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
-    n_passes = sum(-(-len(head_list) // max(1, rpp // len(c))) for c in chunks)
+    n_passes = sum(len(_head_groups(head_list, max(1, rpp // len(c)), skip)) for c in chunks)
     bar = tqdm(total=n_passes, desc=f"head sweep ({mode}, {metric})", disable=not progress, leave=False)
     with torch.no_grad():
         for idx in chunks:
@@ -181,9 +189,9 @@ def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accur
                                position_ids=pid[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
                 if src is not None:
                     src = {k: v[:, -1:] for k, v in src.items()}
-            k = max(1, rpp // n)
-            for start in range(0, len(head_list), k):
-                group = head_list[start:start + k]
+            if skip:
+                calls = record_layer_calls(hooked, _on_device(forward_inputs(run), model))
+            for group in _head_groups(head_list, max(1, rpp // n), skip):
                 g = len(group)
                 ivs = []
                 for layer in sorted({l for l, _ in group}):
@@ -200,21 +208,41 @@ def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accur
                     else:
                         ivs.append(Intervention(hk, "patch", mask, pos, src[hk].repeat_interleave(g, 0)))
                 rep = {key: val.repeat_interleave(g, 0) for key, val in run.items()}
-                if cached:
+                if skip:
+                    with hooked.hooks(interventions=ivs):
+                        final = run_from_layer(hooked, calls, group[0][0], times=g)
+                elif cached:
                     cache = copy.deepcopy(prefix)
                     cache.batch_repeat_interleave(g)
-                    inputs = {"input_ids": rep["input_ids"][:, -1:], "attention_mask": rep["attention_mask"],
-                              "position_ids": pid[:, -1:].repeat_interleave(g, 0), "past_key_values": cache,
-                              "use_cache": True}
+                    final = _forward_final(hooked, {
+                        "input_ids": rep["input_ids"][:, -1:], "attention_mask": rep["attention_mask"],
+                        "position_ids": pid[:, -1:].repeat_interleave(g, 0), "past_key_values": cache,
+                        "use_cache": True}, ivs)
                 else:
-                    inputs = forward_inputs(rep)
-                vals = per_item(metric, _forward_final(hooked, inputs, ivs), rep).float().view(n, g)
+                    final = _forward_final(hooked, forward_inputs(rep), ivs)
+                vals = per_item(metric, final, rep).float().view(n, g)
                 for j, (l, h) in enumerate(group):
                     per_item_vals[idx, l, h] = vals[:, j]
                 bar.update(1)
     bar.close()
     out = per_item_vals.mean(0)
     return (out, per_item_vals) if return_per_item else out
+
+
+def _head_groups(heads: list[Head], k: int, by_layer: bool) -> list[list[Head]]:
+    """Heads of one pass each, at most ``k`` per pass; with ``by_layer`` a pass never mixes layers."""
+    if not by_layer:
+        return [heads[i:i + k] for i in range(0, len(heads), k)]
+    out = []
+    for layer in sorted({l for l, _ in heads}):
+        same = [lh for lh in heads if lh[0] == layer]
+        out.extend(same[i:i + k] for i in range(0, len(same), k))
+    return out
+
+
+def _on_device(inputs: dict, model) -> dict:
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in inputs.items()}
 
 
 def head_ablation_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accuracy",

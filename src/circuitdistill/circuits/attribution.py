@@ -19,10 +19,16 @@ IG step) runs the final token alone on a copy of that cache. A head's output at 
 only reach the logits through the final token, so the gradient is the same as through a full pass
 (tested), and the backward pass and each IG step cost one token instead of the whole prompt.
 
+``qk_fix`` and ``grad_drop`` are the two fixes of AtP* (``circuits.atp_star``): the exact attention
+softmax downstream of each head instead of its linearisation, and the gradient-dropping magnitude that
+exposes cancelling paths. Both together are AtP*. The QK fix needs every position's attention pattern,
+so it always runs full passes (no shared prefix) under eager attention.
+
 The model is always put in eval mode for this (dropout would make the gradient noise).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Literal, Sequence
 
@@ -34,7 +40,9 @@ from ..tasks.batching import encode_items
 from ..tasks.metrics import final_logits, per_item
 from ..tasks.schema import TaskItem
 from ..tasks.scoring import forward_inputs
+from ..models.resume import record_layer_calls
 from .ablation import check_metric, mean_head_outputs, parse_positions, z_hook
+from .atp_star import grad_drop_gates, pattern_hook, pattern_input_grads, qk_correction
 
 DIFFERENTIABLE = ("logprob", "logit_diff")
 
@@ -50,11 +58,13 @@ def _align(src: torch.Tensor, p: int) -> torch.Tensor:
 def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "logprob",
                          replacement: Literal["corrupted", "mean", "zero"] = "corrupted", positions=None,
                          ig_steps: int = 0, means: dict | None = None, batch_size: int = 32,
-                         progress: bool = True, prefix_cache: bool = True) -> torch.Tensor:
+                         progress: bool = True, prefix_cache: bool = True, qk_fix: bool = False,
+                         grad_drop: bool = False, rows_per_pass: int | None = None) -> torch.Tensor:
     """Estimated mean change of ``metric`` when each head's output is replaced: [n_layers, n_heads].
 
     ``prefix_cache=False`` forces full forward/backward passes for final-position AtP (the reference the
-    shared-prefix path is tested against)."""
+    shared-prefix path is tested against). ``qk_fix`` / ``grad_drop``: AtP* (module docstring);
+    ``rows_per_pass`` bounds the rows of the QK fix's attention passes (default ``8 * batch_size``)."""
     check_metric(metric)
     if metric not in DIFFERENTIABLE:
         raise ValueError(f"attribution patching needs a differentiable metric ({', '.join(DIFFERENTIABLE)}); "
@@ -63,6 +73,8 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
         raise ValueError(f"replacement must be corrupted, mean or zero (got {replacement!r})")
     if ig_steps < 0:
         raise ValueError(f"ig_steps must be >= 0 (got {ig_steps})")
+    if ig_steps and (qk_fix or grad_drop):
+        raise ValueError("integrated gradients and the AtP* fixes (qk_fix, grad_drop) are alternatives; pick one")
     if not items:
         raise ValueError("attribution_patching needs at least one item")
     model = hooked.model
@@ -74,6 +86,9 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
     if replacement == "mean" and means is None:
         means = mean_head_outputs(hooked, items, batch_size)
     total = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
+    by_drop = torch.zeros(s.n_layers, s.n_layers, s.n_heads, dtype=torch.float64)  # [dropped layer, layer, head]
+    rpp = rows_per_pass or 8 * batch_size
+    patterns = [pattern_hook(l) for l in range(s.n_layers)] if qk_fix else []
     params_grad = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)  # gradients only with respect to head outputs
@@ -94,7 +109,7 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                 target = {h: means[h].to(torch.float32).expand(b, p, s.n_heads, s.d_head) for h in hooks}
             else:
                 target = {h: torch.zeros(b, p, s.n_heads, s.d_head) for h in hooks}
-            cached = prefix_cache and pos == [-1] and p > 1
+            cached = prefix_cache and pos == [-1] and p > 1 and not qk_fix
             q = 1 if cached else p  # positions each forward pass computes
             if cached:  # gradients at the final position only need the final token (module docstring)
                 pid = inputs["position_ids"]
@@ -112,10 +127,20 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
             # clean forward/backward: gradients at z (through add-zero leaves) and the clean z itself
             leaves = {h: torch.zeros(b, q, s.n_heads, s.d_head, requires_grad=True) for h in hooks}
             ivs = [Intervention(h, "add", None, None, leaves[h]) for h in hooks]
-            with torch.enable_grad(), hooked.hooks(record=hooks, interventions=ivs) as rec:
+            gates = grad_drop_gates(hooked) if grad_drop else contextlib.nullcontext()
+            with torch.enable_grad(), gates as gate, hooked.hooks(record=hooks + patterns, interventions=ivs) as rec:
                 out = model(**step_inputs(), logits_to_keep=1)
                 m = per_item(metric, final_logits(out.logits), clean).sum()
-                grads = torch.autograd.grad(m, [leaves[h] for h in hooks])
+                # layer 0's pattern depends on no head output: it is never downstream of a patched head
+                wrt = [leaves[h] for h in hooks] + [rec[a] for a in patterns if rec[a].requires_grad]
+                grads = torch.autograd.grad(m, wrt, retain_graph=grad_drop)
+                drop_grads = []
+                for layer in range(s.n_layers if grad_drop else 0):
+                    gate["drop"] = layer
+                    drop_grads.append(torch.autograd.grad(m, wrt[:len(hooks)], retain_graph=layer < s.n_layers - 1))
+            grads, pattern_grads = grads[:len(hooks)], list(grads[len(hooks):])
+            if qk_fix:
+                pattern_grads = [torch.zeros_like(rec[patterns[0]])] * (len(patterns) - len(pattern_grads)) + pattern_grads
             z = {h: rec[h].detach() for h in hooks}
             delta = {h: target[h] - z[h] for h in hooks}
             if ig_steps:
@@ -138,11 +163,35 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                     sel[:, i % p] = 1
             sel = sel * clean["attention_mask"].view(b, p, 1, 1).float()  # padding never counts
             sel = sel[:, -q:]  # the positions the passes computed (the final one alone on the shared prefix)
-            for l, h in enumerate(hooks):
-                total[l] += (delta[h] * grads[l] * sel).sum(dim=(0, 1, 3)).double()
+            sel = sel.to(z[hooks[0]].device)
+            qk = 0.0
+            if qk_fix:
+                qk = _qk_term(hooked, inputs, z, {h: delta[h] * sel for h in hooks},
+                              [rec[a].detach() for a in patterns], pattern_grads, rpp)
+            for j, dg in enumerate(drop_grads):  # the QK term does not go through the dropped gradients
+                by_drop[j] += _linear(delta, dg, sel, hooks) + qk
+            total += _linear(delta, grads, sel, hooks) + qk
     finally:
         for prm, g in zip(model.parameters(), params_grad):
             prm.requires_grad_(g)
         if was_training:
             model.train()
+    if grad_drop:  # magnitudes from the dropped passes, signs from the full estimate
+        total = torch.sign(total) * by_drop.abs().sum(0) / max(1, s.n_layers - 1)
     return (total / len(items)).float()
+
+
+def _linear(delta: dict, grads, sel: torch.Tensor, hooks: list[str]) -> torch.Tensor:
+    """AtP's first-order estimate per head, summed over the batch: [n_layers, n_heads]."""
+    return torch.stack([(delta[h] * grads[l] * sel).sum(dim=(0, 1, 3)).double().cpu() for l, h in enumerate(hooks)])
+
+
+def _qk_term(hooked: HookedLM, inputs: dict, z: dict, delta: dict, patterns: list, pattern_grads, rows_per_pass: int
+             ) -> torch.Tensor:
+    """The QK fix's correction for one batch, summed over its items (``atp_star.qk_correction``)."""
+    resid = record_layer_calls(hooked, inputs).hidden
+    with hooked.hooks(record=[pattern_hook(0)]):  # eager attention, so the recorded masks are eager's
+        attn_calls = record_layer_calls(hooked, inputs, part=hooked.table.attn)
+    input_grads = pattern_input_grads(hooked, attn_calls, resid, [g.detach() for g in pattern_grads])
+    return qk_correction(hooked, attn_calls, resid, z, delta, patterns, [g.detach() for g in pattern_grads],
+                         input_grads, rows_per_pass)

@@ -31,6 +31,9 @@ class DiscoverConfig(BaseModel):
     per_level: int = Field(5, ge=1, description="path: heads kept per group")
     components: list[str] = Field(default_factory=lambda: ["qkv"])
     ig_steps: int = Field(0, ge=0)
+    qk_fix: bool = Field(False, description="attribution: AtP*'s exact downstream attention softmax")
+    grad_drop: bool = Field(False, description="attribution: AtP*'s GradDrop magnitudes")
+    verify: Optional[int] = Field(None, ge=1, description="attribution: re-score the top K heads exactly")
     random_sets: int = Field(0, ge=0, description="also run circuit-only faithfulness with N random sets")
     faithfulness_positions: Literal["all", "final"] = "all"
     threads: int = Field(2, ge=1)
@@ -44,6 +47,12 @@ class DiscoverConfig(BaseModel):
             raise ValueError("--method attribution needs a differentiable --metric: logprob or logit_diff")
         if self.method == "attribution" and self.ablation == "resample":
             raise ValueError("--method attribution supports --ablation corrupted, mean or zero")
+        if self.method != "attribution" and (self.verify or self.qk_fix or self.grad_drop):
+            raise ValueError("--verify, --qk-fix and --grad-drop belong to --method attribution")
+        if self.ig_steps and (self.qk_fix or self.grad_drop):
+            raise ValueError("--ig-steps and the AtP* fixes (--qk-fix, --grad-drop) are alternatives; pick one")
+        if self.verify is not None and self.top_n is not None and self.top_n > self.verify:
+            raise ValueError(f"--top-n {self.top_n} is more than the {self.verify} heads --verify re-scores")
         if self.method == "path" and self.ablation == "resample":
             raise ValueError("--method path supports --ablation corrupted, mean or zero")
         return self
@@ -90,10 +99,13 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
         base = {"clean": res.reference, **({"corrupted": res.other} if res.other is not None else {})}
     elif cfg.method == "attribution":
         est = attribution_patching(hooked, items, cfg.metric, replacement=ablation, positions=cfg.positions,
-                                   ig_steps=cfg.ig_steps, batch_size=cfg.batch_size, progress=progress)
+                                   ig_steps=cfg.ig_steps, batch_size=cfg.batch_size, progress=progress,
+                                   qk_fix=cfg.qk_fix, grad_drop=cfg.grad_drop, rows_per_pass=cfg.rows_per_pass)
         clean = baseline(hooked, items, cfg.metric, cfg.batch_size)
         scores = relative_scores(est + clean, clean)
         base = {"clean": clean}
+        if cfg.verify:  # the circuit is chosen among the top K by exact scores; the rest stay unmeasured (NaN)
+            scores = verified_scores(hooked, items, cfg, ablation, scores, progress)
     else:
         pp = path_patching(hooked, items, cfg.metric, replacement=ablation, levels=cfg.levels, top_k=cfg.per_level,
                            threshold=cfg.threshold, components=cfg.components, batch_size=min(cfg.batch_size, 8),
@@ -112,6 +124,8 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
         model={"name": cfg.model, "path": meta, "model_type": model.config.model_type, "n_layers": s.n_layers,
                "n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads},
         seed=cfg.seed, config=cfg.model_dump(mode="json"), baseline=base, groups=groups, timing_s=round(wall, 3))
+    if cfg.verify:
+        circuit.selection["verify"] = cfg.verify
     if cfg.method == "path":
         circuit.selection = {"per_level": cfg.per_level, "levels": cfg.levels, "threshold": cfg.threshold}
         circuit.scores = [[None if math.isnan(v) else v for v in row]
@@ -138,6 +152,24 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
     return circuit, summary
 
 
+def verified_scores(hooked, items, cfg: DiscoverConfig, ablation: str, estimated, progress: bool):
+    """Exact activation-patching scores for the ``cfg.verify`` heads with the largest |estimated| score; NaN elsewhere."""
+    import torch
+
+    from ..circuits.patching import activation_patching
+
+    flat = estimated.flatten().abs().nan_to_num(-1.0)
+    n_heads = estimated.shape[1]
+    top = [(int(i) // n_heads, int(i) % n_heads) for i in flat.argsort(descending=True)[: cfg.verify]]
+    res = activation_patching(hooked, items, cfg.metric, replacement=ablation, positions=cfg.positions, heads=top,
+                              batch_size=cfg.batch_size, seed=cfg.seed, progress=progress,
+                              rows_per_pass=cfg.rows_per_pass)
+    out = torch.full_like(estimated, float("nan"))
+    for l, h in top:
+        out[l, h] = res.scores[l, h]
+    return out
+
+
 def discover_cmd(
     model: str = typer.Option(..., help="model name (built-in, derived, or a local HF directory)"),
     data: Path = typer.Option(..., help="task items, JSONL (circuitdistill data ...)"),
@@ -156,6 +188,10 @@ def discover_cmd(
     per_level: int = typer.Option(5, help="path: heads kept per group"),
     components: str = typer.Option("qkv", help="path: receiver inputs, comma separated groups, e.g. qkv or q,k,v"),
     ig_steps: int = typer.Option(0, help="attribution: integrated-gradient steps (0 = plain AtP)"),
+    qk_fix: bool = typer.Option(False, help="attribution: recompute downstream attention softmaxes exactly (AtP*)"),
+    grad_drop: bool = typer.Option(False, help="attribution: GradDrop magnitudes against cancelling paths (AtP*)"),
+    verify: Optional[int] = typer.Option(None, help="attribution: re-score the top K heads by exact patching and "
+                                                    "choose the circuit among them"),
     random_sets: int = typer.Option(0, help="also report circuit-only faithfulness with N random head sets"),
     faithfulness_positions: str = typer.Option("all", help="with --random-sets: ablate non-circuit heads at all "
                                                             "positions or only at the final one"),
@@ -173,6 +209,7 @@ def discover_cmd(
                              metric=metric, top_n=top_n, threshold=threshold, n_items=n_items, batch_size=batch_size,
                              rows_per_pass=rows_per_pass, seed=seed, levels=levels, per_level=per_level,
                              components=[c.strip() for c in components.split(",") if c.strip()], ig_steps=ig_steps,
+                             qk_fix=qk_fix, grad_drop=grad_drop, verify=verify,
                              random_sets=random_sets, faithfulness_positions=faithfulness_positions, threads=threads,
                              out=out)
     except ValidationError as e:

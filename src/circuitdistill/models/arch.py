@@ -23,23 +23,27 @@ class ArchTable:
     k: str
     v: str
     mlp: str
+    attn_norm: str  # the norm whose output is the attention module's input
+    final_norm: str  # from the CausalLM root: the norm between the last block and the unembedding
     qkv_fused: bool = False  # GPT-2's c_attn emits q, k and v in one tensor
     weight_layout: Literal["linear", "conv1d"] = "linear"  # nn.Linear W[out,in]; HF Conv1D W[in,out]
+    logit_softcap: str | None = None  # config attribute of a final tanh soft-cap on the logits, if any
     notes: str = ""
 
 
 ARCH_TABLES: dict[str, ArchTable] = {
     "llama": ArchTable("llama", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
-                       "self_attn.k_proj", "self_attn.v_proj", "mlp", notes="q/k recorded before RoPE"),
+                       "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm", notes="q/k recorded before RoPE"),
     "mistral": ArchTable("mistral", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
-                         "self_attn.k_proj", "self_attn.v_proj", "mlp", notes="q/k recorded before RoPE"),
+                         "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm", notes="q/k recorded before RoPE"),
     "qwen2": ArchTable("qwen2", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
-                       "self_attn.k_proj", "self_attn.v_proj", "mlp", notes="q/k/v carry biases; q/k before RoPE"),
+                       "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm", notes="q/k/v carry biases; q/k before RoPE"),
     "gemma3_text": ArchTable("gemma3_text", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
-                             "self_attn.k_proj", "self_attn.v_proj", "mlp",
+                             "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm",
+                             logit_softcap="final_logit_softcapping",
                              notes="q/k recorded before q_norm/k_norm and RoPE"),
     "gpt2": ArchTable("gpt2", "transformer.h", "attn", "attn.c_proj", "attn.c_attn", "attn.c_attn", "attn.c_attn",
-                      "mlp", qkv_fused=True, weight_layout="conv1d", notes="c_attn is fused [q|k|v]; Conv1D weights"),
+                      "mlp", "ln_1", "transformer.ln_f", qkv_fused=True, weight_layout="conv1d", notes="c_attn is fused [q|k|v]; Conv1D weights"),
 }
 ARCH_TABLES["gemma3"] = ARCH_TABLES["gemma3_text"]
 

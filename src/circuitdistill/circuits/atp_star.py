@@ -1,0 +1,130 @@
+"""The two fixes of AtP* (Kramár et al. 2024) for head-output attribution patching.
+
+**QK fix.** Plain AtP linearises through every attention softmax downstream of a patched head. Where
+a downstream head's attention is saturated, the gradient through its softmax is near zero and a large
+pattern change is missed. For each head h and each later layer L', the change of h's output reaches
+L' directly through the residual stream as dr = o_proj(z with h replaced) - o_proj(z). We run layer
+L''s unmodified attention module on its clean input plus dr, read the new attention weights A', and
+replace AtP's first-order term along that path by the exact one:
+
+    correction(h) = sum over L' > layer(h) of  <A'_L' - A_L', dM/dA_L'>  -  <dM/dA_L' . dA_L'/dx, dr>
+
+The second term is the part of AtP's estimate that went through L''s softmax along the same path
+(one backward per layer gives it for every head at once). Paths through intermediate heads and MLPs
+stay linear, as in AtP; the value path stays linear too (A is held at its clean value there).
+
+**GradDrop.** A head's direct and indirect effects can cancel in the gradient. For every layer l,
+AtP is recomputed with the gradient through layer l's residual contribution (block output minus
+block input) set to zero; the estimate is sum_l |AtP_l| / (n_layers - 1) (a head's own layer gives
+zero). It is a magnitude; the sign is the undropped estimate's.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from ..models.arch import get_module
+from ..models.hooks import HookedLM, hook_name
+from ..models.resume import LayerCalls, repeat_rows
+
+
+def pattern_hook(layer: int) -> str:
+    return hook_name(layer, "attn.hook_pattern")
+
+
+def _attention_weights(hooked: HookedLM, calls: LayerCalls, layer: int, x: torch.Tensor, times: int) -> torch.Tensor:
+    """Attention weights [rows, n_heads, q, k] of layer ``layer``'s unmodified attention module on residual ``x``."""
+    block = hooked.block(layer)
+    norm, attn = get_module(block, hooked.table.attn_norm), get_module(block, hooked.table.attn)
+    with hooked.hooks(record=[pattern_hook(layer)]) as rec:
+        attn(norm(x), *repeat_rows(calls.args[layer], calls.batch, times),
+             **repeat_rows(calls.kwargs[layer], calls.batch, times))
+    return rec[pattern_hook(layer)]
+
+
+def pattern_input_grads(hooked: HookedLM, calls: LayerCalls, resid: list[torch.Tensor],
+                        pattern_grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per layer: d/dx <A(x), dM/dA> at the clean residual input x (the softmax path, first order)."""
+    out = []
+    for layer, (x, g) in enumerate(zip(resid, pattern_grads)):
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            a = _attention_weights(hooked, calls, layer, x, 1)
+            out.append(torch.autograd.grad((a * g).sum(), x)[0])
+    return out
+
+
+@torch.no_grad()
+def qk_correction(hooked: HookedLM, calls: LayerCalls, resid: list[torch.Tensor], z: dict[str, torch.Tensor],
+                  delta: dict[str, torch.Tensor], patterns: list[torch.Tensor], pattern_grads: list[torch.Tensor], input_grads: list[torch.Tensor],
+                  rows_per_pass: int) -> torch.Tensor:
+    """[n_layers, n_heads] summed over the batch: exact minus first-order softmax term (module docstring).
+
+    ``z`` / ``delta``: clean head outputs and their replacement change (zero outside the selected
+    positions), hook -> [b, p, n_heads, d_head]; ``calls``: the attention modules' recorded calls;
+    ``resid``: every layer's clean residual input.
+    """
+    s = hooked.shape
+    b = calls.batch
+    out = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
+    for src in range(s.n_layers - 1):
+        name = hook_name(src, "attn.hook_z")
+        zc, dz = z[name], delta[name]
+        o_proj = get_module(hooked.block(src), hooked.table.o_proj)
+        base = o_proj(zc.flatten(2))
+        per = max(1, rows_per_pass // b)
+        for h0 in range(0, s.n_heads, per):
+            heads = list(range(h0, min(h0 + per, s.n_heads)))
+            k = len(heads)
+            zr = zc.repeat_interleave(k, 0).clone()  # row r: item r // k, head heads[r % k] replaced
+            for j, h in enumerate(heads):
+                zr[j::k, :, h] += dz[:, :, h]
+            dr = o_proj(zr.flatten(2)) - base.repeat_interleave(k, 0)
+            for dst in range(src + 1, s.n_layers):
+                x = resid[dst].repeat_interleave(k, 0) + dr
+                new = _attention_weights(hooked, calls, dst, x, k)
+                exact = ((new - patterns[dst].repeat_interleave(k, 0)) * pattern_grads[dst].repeat_interleave(k, 0))
+                first = (input_grads[dst].repeat_interleave(k, 0) * dr)
+                term = exact.flatten(1).sum(1).double() - first.flatten(1).sum(1).double()
+                out[src, heads] += term.view(b, k).sum(0).cpu()
+    return out
+
+
+class _Gate(torch.autograd.Function):
+    """Identity on the forward pass; on the backward pass, optionally route the gradient around a block."""
+
+    @staticmethod
+    def forward(ctx, out, inp, state, layer):
+        ctx.state, ctx.layer = state, layer
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.state.get("drop") == ctx.layer:  # skip the block: only its residual identity carries grad
+            return torch.zeros_like(grad), grad, None, None
+        return grad, None, None, None
+
+
+@contextlib.contextmanager
+def grad_drop_gates(hooked: HookedLM) -> Iterator[dict]:
+    """Gates on every block; set ``state["drop"] = l`` before a backward pass to drop layer l's contribution."""
+    state: dict = {"drop": None}
+    handles = []
+
+    def gate(layer):
+        def hook(mod, args, kwargs, output):
+            inp = args[0] if args else kwargs["hidden_states"]
+            first = output[0] if isinstance(output, tuple) else output
+            new = _Gate.apply(first, inp, state, layer)
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+        return hook
+
+    try:
+        for layer in range(hooked.shape.n_layers):
+            handles.append(hooked.block(layer).register_forward_hook(gate(layer), with_kwargs=True))
+        yield state
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,56 @@
+"""`discover --method attribution --verify K`: AtP(*) ranks every head, exact patching re-scores the top K, and the
+circuit is chosen from the exact scores."""
+import math
+
+import pytest
+import torch
+
+from circuitdistill.circuits.attribution import attribution_patching
+from circuitdistill.circuits.circuit import Circuit
+from circuitdistill.circuits.patching import activation_patching
+from circuitdistill.circuits.toy import box_items
+from circuitdistill.cli.discover import DiscoverConfig, run_discover
+from circuitdistill.models.hooks import HookedLM
+from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
+from circuitdistill.utils import write_jsonl_atomic
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("verify")
+    tok = gpt2_tokenizer()
+    model = tiny_model("llama", n_layers=3, seed=2)
+    model.save_pretrained(d / "model")
+    tok.save_pretrained(d / "model")
+    items = box_items(tok, 6, 3, seed=4)
+    write_jsonl_atomic(d / "items.jsonl", [it.model_dump() for it in items])
+    return d, model, tok, items
+
+
+@pytest.mark.parametrize("fixes", [{}, {"qk_fix": True, "grad_drop": True}])
+def test_verify_rescores_the_top_k_exactly_and_selects_from_exact_scores(setup, fixes):
+    d, model, tok, items = setup
+    cfg = DiscoverConfig(model=str(d / "model"), data=d / "items.jsonl", method="attribution", positions="all",
+                         top_n=3, verify=5, n_items=6, batch_size=3, out=d / f"out{len(fixes)}", **fixes)
+    circuit, _ = run_discover(cfg, progress=False)
+    assert Circuit.load(d / f"out{len(fixes)}" / "circuit.json").selection == {"top_n": 3, "verify": 5}
+    hk = HookedLM(model, tok)
+    est = attribution_patching(hk, items, "logprob", positions="all", batch_size=3, progress=False, **fixes)
+    top5 = {(int(i) // 4, int(i) % 4) for i in est.flatten().abs().argsort(descending=True)[:5]}
+    grid = circuit.score_grid()
+    assert {(l, h) for l in range(3) for h in range(4) if not math.isnan(grid[l, h])} == top5
+    exact = activation_patching(hk, items, "logprob", positions="all", batch_size=3, progress=False).scores
+    for l, h in top5:
+        assert abs(float(grid[l, h]) - float(exact[l, h])) < 1e-5
+    best3 = sorted(top5, key=lambda lh: -abs(float(exact[lh])))[:3]
+    assert circuit.as_set() == set(best3)
+
+
+def test_verify_options_are_checked(setup):
+    d = setup[0]
+    with pytest.raises(ValueError, match="more than"):
+        DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", top_n=6, verify=5, out=d / "x")
+    with pytest.raises(ValueError, match="belong to --method attribution"):
+        DiscoverConfig(model="m", data=d / "items.jsonl", method="activation", verify=5, out=d / "x")

@@ -1,0 +1,64 @@
+"""Resuming at layer L from recorded layer inputs equals the full pass; the layer-skipping sweep equals the naive loop."""
+import pytest
+import torch
+
+from circuitdistill.circuits import ablation as A
+from circuitdistill.circuits.toy import box_items
+from circuitdistill.models.hooks import HookedLM, Intervention
+from circuitdistill.models.resume import record_layer_calls, run_from_layer
+from circuitdistill.models.tiny import TINY_FAMILIES, gpt2_tokenizer, tiny_model
+from circuitdistill.tasks.batching import encode_items
+from circuitdistill.tasks.scoring import forward_inputs
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def items(tok):
+    its = box_items(tok, 5, 3, seed=1)
+    its[3] = its[3].model_copy(update={"prompt": "Short. " + its[3].prompt})  # left padding in the batch
+    return its
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_running_from_any_layer_reproduces_the_full_pass(tok, items, family):
+    hk = HookedLM(tiny_model(family, n_layers=3), tok)
+    inputs = forward_inputs(encode_items(tok, items))
+    assert not inputs["attention_mask"].all()
+    with torch.no_grad():
+        full = hk.model(**inputs, logits_to_keep=1).logits[:, -1]
+        calls = record_layer_calls(hk, inputs)
+        for layer in range(3):
+            torch.testing.assert_close(run_from_layer(hk, calls, layer, times=2), full.repeat_interleave(2, 0),
+                                       atol=1e-5, rtol=0)
+
+
+def test_an_intervention_at_layer_l_equals_the_same_intervention_on_a_full_pass(tok, items):
+    hk = HookedLM(tiny_model("llama", n_layers=3), tok)
+    inputs = forward_inputs(encode_items(tok, items))
+    iv = Intervention(A.z_hook(1), "zero", [2])
+    with torch.no_grad():
+        full = hk.run(inputs, interventions=[iv], logits_to_keep=1)[0].logits[:, -1]
+        calls = record_layer_calls(hk, inputs)
+        with hk.hooks(interventions=[iv]):
+            resumed = run_from_layer(hk, calls, 1)
+    assert (full - hk.model(**inputs, logits_to_keep=1).logits[:, -1]).abs().max() > 1e-4  # not vacuous
+    torch.testing.assert_close(resumed, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family,mode", [("llama", "corrupted"), ("gpt2", "clean"), ("qwen2", "mean"),
+                                         ("llama", "zero")])
+def test_layer_skipping_sweep_equals_the_naive_loop(tok, items, family, mode):
+    hk = HookedLM(tiny_model(family, n_layers=3), tok)
+    kw = dict(metric="logprob", mode=mode, batch_size=3, positions="all", progress=False)
+    skipped = A.head_sweep(hk, items, rows_per_pass=7, **kw)  # passes of 2 heads x 3 items (and 1 x 2)
+    full = A.head_sweep(hk, items, layer_skip=False, **kw)
+    naive = A.head_sweep_naive(hk, items, **kw)
+    assert naive.std() > 0
+    torch.testing.assert_close(skipped, naive, atol=1e-5, rtol=0)
+    torch.testing.assert_close(full, naive, atol=1e-5, rtol=0)
