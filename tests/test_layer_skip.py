@@ -1,28 +1,22 @@
 """Resuming at layer L from recorded layer inputs equals the full pass; the layer-skipping sweep equals the naive loop."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from circuitdistill.circuits import ablation as A
-from circuitdistill.circuits.toy import box_items
 from circuitdistill.models.hooks import HookedLM, Intervention
 from circuitdistill.models.resume import record_layer_calls, run_from_layer
-from circuitdistill.models.tiny import TINY_FAMILIES, gpt2_tokenizer, tiny_model
+from circuitdistill.models.tiny import TINY_FAMILIES, tiny_model
 from circuitdistill.tasks.batching import encode_items
 from circuitdistill.tasks.scoring import forward_inputs
 
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return gpt2_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def items(tok):
-    its = box_items(tok, 5, 3, seed=1)
-    its[3] = its[3].model_copy(update={"prompt": "Short. " + its[3].prompt})  # left padding in the batch
-    return its
+sys.path.insert(0, str(Path(__file__).parent))
+from test_circuits_ablation import items, tok  # noqa: E402,F401 - the same left-padded items and tokenizer
 
 
 @pytest.mark.parametrize("family", TINY_FAMILIES)
