@@ -130,7 +130,7 @@ class CacheConfig(_Base):
 
 
 class MatchConfig(_Base):
-    """`match`: pair student heads with the teacher circuit's heads (SPEC §1 step 2)."""
+    """`match`: pair student heads with the teacher circuit's heads."""
 
     teacher: str = Field(..., description="teacher model")
     student: str = Field(..., description="student model")
