@@ -34,6 +34,17 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def optimizer_step(loss, model, optimizer, grad_clip: float | None) -> None:
+    """Backward, optional global-norm clipping, step, zero the gradients: one plain training step."""
+    import torch
+
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
     """Items of training step ``step``: consecutive slices of a seeded permutation per epoch (resume-exact)."""
     out: list[int] = []

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..distill.methods import HEAD_ONLY, METHODS, fields_read
+from ..distill.methods import HEAD_ONLY, METHODS, fields_read, term_names
 from ..models.hooks import HookedLM
 from ..models.registry import BUILTINS, load_model, prepare, resolve, save_model_dir
 from ..tasks.io import load_items, save_items
@@ -368,7 +368,7 @@ def prepare_stages(cfg: ExperimentConfig, R: StageRunner, log=print) -> dict:
                                      "s": student},
                       lambda d: stage_match(cfg, teacher, student, disc["circuit"], data, d), deps=("discover",)).outputs
         v_cache = dict(cache)
-        if any(METHODS[m].partners and "iit" in dict(METHODS[m].terms) for m in cfg.methods):
+        if any("iit" in term_names(m) for m in cfg.methods):
             v_cache.update(R.run(f"cache-iit-{v}", {}, lambda d: stage_cache_interchange(
                 cfg, teacher, data, match["pairing"], d), deps=(f"match-{v}",)).outputs)
         students[v] = {"student": student, "match": match, "cache": v_cache}

@@ -43,14 +43,14 @@ def study_preset(name: str = "demo", out: str | None = None, **overrides) -> Stu
 
 
 def run_study(cfg: StudyConfig, log=print) -> dict:
-    from .runner import finish_run, stage_evaluate, start_run, train_row
+    from .runner import eval_key, finish_run, stage_evaluate, start_run, train_row
     from .stats import mcnemar
 
     t0 = time.time()
     out, R, ctx = start_run(cfg, "study_config.json", log)
     res: dict = {"config": cfg.model_dump(mode="json"), "variants": {}}
     for v, st in ctx["students"].items():
-        base = R.run(f"eval-{v}-base", {**_eval_key(cfg), "s": st["student"]},
+        base = R.run(f"eval-{v}-base", {**eval_key(cfg), "s": st["student"]},
                      lambda d: stage_evaluate(cfg, st["student"], st["match"]["student_heads"], ctx["data"], d),
                      deps=(f"match-{v}",)).outputs
         grid: dict = {}
@@ -64,12 +64,6 @@ def run_study(cfg: StudyConfig, log=print) -> dict:
         res["variants"][v] = {"student": st["student"], "pairing": st["match"]["pairing"], "base_test": base["full"],
                               "grid": _summarise(grid, cfg, mcnemar)}
     return finish_run(cfg, R, res, t0, out / "study.json", write_study_report)
-
-
-def _eval_key(cfg) -> dict:
-    from .runner import eval_key
-
-    return eval_key(cfg)
 
 
 def _curve(log_path: str) -> tuple[list[int], list[float]]:

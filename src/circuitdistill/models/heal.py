@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from ..utils import atomic_path, batch_indices, sha256_json
+from ..utils import atomic_path, batch_indices, optimizer_step, sha256_json
 from .general_text import perplexity
 
 CHECKPOINT = "checkpoint.pt"
@@ -148,11 +148,7 @@ def heal(student, teacher, tokenizer, train_texts: Sequence[str], heldout_texts:
         t, c = time.perf_counter(), time.process_time()
         ids = chunks[batch_indices(len(chunks), cfg.batch_size, step, seed)]
         loss, parts = heal_loss(student, teacher, ids, cfg, step)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, student, opt, cfg.grad_clip)
         step += 1
         state["train_seconds"] += time.perf_counter() - t
         state["train_cpu_seconds"] += time.process_time() - c

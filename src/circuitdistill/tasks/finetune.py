@@ -21,7 +21,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from ..utils import UserError, batch_indices, provenance, sha256_file, sha256_json, write_json_atomic  # noqa: F401
+from ..utils import (UserError, batch_indices, optimizer_step, provenance, sha256_file, sha256_json,  # noqa: F401
+                     write_json_atomic)
 from .batching import encode_items
 from .schema import TaskItem
 from .scoring import evaluate, forward_inputs
@@ -178,11 +179,7 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
         idx = batch_indices(len(train_items), cfg.batch_size, step, cfg.seed)
         batch = encode_items(tokenizer, [train_items[i] for i in idx])
         loss = final_position_loss(model, batch)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(loss, model, opt, cfg.grad_clip)
         step += 1
         state["train_seconds"] += time.perf_counter() - t
         history.append({"step": step, "loss": float(loss.item())})
