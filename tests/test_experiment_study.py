@@ -48,3 +48,17 @@ def test_tiny_study_grid(pair, tmp_path, monkeypatch):
     # a rerun trains nothing
     res2 = run_study(cfg, log=lambda *_: None)
     assert all(t["cached"] for t in res2["timings"].values())
+
+
+def test_selection_run_leaves_the_test_split_unread(pair, tmp_path, monkeypatch):
+    monkeypatch.setenv("CIRCUITDISTILL_HOME", str(tmp_path / "home"))
+    cfg = study_preset("tiny", str(tmp_path / "select"), teacher=pair["teacher"], student=pair["student"],
+                       seeds=[0], methods=["circuit-ce", "circuit"], budgets=[16], read_test=False)
+    res = run_study(cfg, log=lambda *_: None)
+    assert not [k for k in res["timings"] if k.startswith("eval-")]  # no stage evaluated the test split
+    rows = res["variants"]["given"]["grid"]["16"]
+    for r in rows.values():
+        assert r["test_full"] == [] and r["mcnemar"] == {}
+        assert len(r["val_final"]) == 1 and 0 <= r["val_final"][0] <= 1
+    text = (tmp_path / "select" / "study.md").read_text()
+    assert "the test split was not read" in text and "not read" in text

@@ -376,8 +376,9 @@ def prepare_stages(cfg: ExperimentConfig, R: StageRunner, log=print) -> dict:
 
 
 def train_row(cfg: ExperimentConfig, R: StageRunner, ctx: dict, v: str, method: str, seed: int,
-              max_train_items: int | None = None) -> tuple[dict, dict]:
-    """Train one row (cached) and evaluate it on the test split; returns (train outputs, test outputs)."""
+              max_train_items: int | None = None, read_test: bool = True) -> tuple[dict, dict | None]:
+    """Train one row (cached) and evaluate it on the test split; returns (train outputs, test outputs or None
+    when ``read_test`` is off: a selection run on the validation split)."""
     st = ctx["students"][v]
     budget = f"-n{max_train_items}" if max_train_items else ""
     key = f"{v}-{method}{budget}-s{seed}"
@@ -390,6 +391,8 @@ def train_row(cfg: ExperimentConfig, R: StageRunner, ctx: dict, v: str, method: 
                                 "max_train_items": max_train_items},
                lambda d: stage_train(cfg, method, seed, st["student"], ctx["teacher"], st["cache"],
                                      st["match"]["pairing"], ctx["data"], d, max_train_items), deps=deps).outputs
+    if not read_test:
+        return tr, None
     ev = R.run(f"eval-{key}", eval_key(cfg), lambda d: stage_evaluate(cfg, tr["model"], st["match"]["student_heads"],
                                                                        ctx["data"], d), deps=(f"train-{key}",)).outputs
     return tr, ev

@@ -30,6 +30,9 @@ class StudyConfig(ExperimentConfig):
     budgets: list[int] = Field([64, 256, 640], min_length=1, description="training items per row (the first N)")
     thresholds: list[float] = Field([0.8, 0.9], min_length=1, description="validation accuracies whose "
                                     "steps-to-reach are tabulated")
+    read_test: bool = Field(True, description="False: a selection run on the validation split alone (curves, "
+                            "held-out alignment); the test split is not evaluated, so choosing a rule, lambda or "
+                            "objective from it leaves the test split unread")
 
 
 def study_preset(name: str = "demo", out: str | None = None, **overrides) -> StudyConfig:
@@ -52,12 +55,14 @@ def run_study(cfg: StudyConfig, log=print) -> dict:
     for v, st in ctx["students"].items():
         base = R.run(f"eval-{v}-base", {**eval_key(cfg), "s": st["student"]},
                      lambda d: stage_evaluate(cfg, st["student"], st["match"]["student_heads"], ctx["data"], d),
-                     deps=(f"match-{v}",)).outputs
+                     deps=(f"match-{v}",)).outputs if cfg.read_test else {"full": None}
         grid: dict = {}
         for budget in cfg.budgets:
             for method in cfg.methods:
                 for seed in cfg.seeds:
-                    tr, ev = train_row(cfg, R, ctx, v, method, seed, max_train_items=budget)
+                    tr, ev = train_row(cfg, R, ctx, v, method, seed, max_train_items=budget,
+                                       read_test=cfg.read_test)
+                    ev = ev or {"per_item": None, "full": None, "circuit": None}
                     grid.setdefault(str(budget), {}).setdefault(method, {})[str(seed)] = {
                         "log": tr["log"], "per_item": ev["per_item"], "test_full": ev["full"],
                         "test_circuit": ev["circuit"], "heldout_alignment": tr.get("heldout_alignment")}
@@ -80,27 +85,35 @@ def steps_to_reach(steps: list[int], acc: list[float], threshold: float) -> int 
 def _summarise(grid: dict, cfg: StudyConfig, mcnemar) -> dict:
     out: dict = {}
     for budget, rows in grid.items():
-        items = {m: {s: json.loads(Path(r["per_item"]).read_text())["full"] for s, r in seeds.items()}
-                 for m, seeds in rows.items()}
+        items = {m: {s: json.loads(Path(r["per_item"]).read_text())["full"] for s, r in seeds.items()
+                     if r["per_item"]} for m, seeds in rows.items()}
         for method, seeds in rows.items():
             curves = {s: _curve(r["log"]) for s, r in seeds.items()}
             reach = {str(t): {s: steps_to_reach(*c, t) for s, c in curves.items()} for t in cfg.thresholds}
             held = [r["heldout_alignment"] for r in seeds.values() if r["heldout_alignment"]]
             tests = {}
             for other in COMPARE_TO:
-                if other == method or other not in items:
+                if other == method or not items.get(other) or not items.get(method):
                     continue
                 per_seed = {s: mcnemar(items[method][s], items[other][s]) for s in seeds if s in items[other]}
                 common = [s for s in seeds if s in items[other]]
                 pooled = mcnemar(sum((items[method][s] for s in common), []), sum((items[other][s] for s in common), []))
                 tests[other] = {"per_seed": per_seed, "pooled": pooled}
             out.setdefault(budget, {})[method] = {
-                "test_full": [r["test_full"] for r in seeds.values()],
-                "test_circuit": [r["test_circuit"] for r in seeds.values()],
+                "test_full": [r["test_full"] for r in seeds.values() if r["test_full"] is not None],
+                "test_circuit": [r["test_circuit"] for r in seeds.values() if r["test_circuit"] is not None],
+                "val_final": [c[1][-1] for c in curves.values() if c[1]],
                 "curves": curves, "steps_to_reach": reach, "mcnemar": tests,
                 "alignment_before": float(np.mean([h["before"] for h in held])) if held else None,
                 "alignment_after": float(np.mean([h["after"] for h in held])) if held else None}
     return out
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    a = np.array(values)
+    return f"{a.mean():.3f}" + (f" ± {a.std(ddof=1):.3f}" if a.size > 1 else "")
 
 
 def _verb(mine: float, other: float, p: float) -> str:
@@ -120,19 +133,23 @@ def write_study_report(res: dict, out: Path) -> Path:
              f"Rows {', '.join(cfg['methods'])}; budgets {cfg['budgets']} training items; seeds {cfg['seeds']}; "
              f"{cfg['steps']} steps of batch {cfg['batch_size']}; lr {cfg['lr']} (head-only {cfg['head_lr']}), "
              f"λ {cfg['lam']} ({cfg['lam_reduction']} over pairs), IIT weight {cfg['iit_weight']}. Validation "
-             f"accuracy on {cfg['eval_items']} items every {cfg['eval_interval']} steps; test accuracy on "
-             f"{cfg['n_test']} items, read once per row. McNemar p: per seed, and pooled over seeds "
-             "(items x seeds). Wall time {:.1f} min.".format(res["wall_seconds"] / 60), ""]
+             f"accuracy on {cfg['eval_items']} items every {cfg['eval_interval']} steps; " +
+             (f"test accuracy on {cfg['n_test']} items, read once per row. McNemar p: per seed, and pooled over "
+              "seeds (items x seeds)." if cfg.get("read_test", True) else
+              "**selection run: the test split was not read.**") +
+             " Wall time {:.1f} min.".format(res["wall_seconds"] / 60), ""]
     for v, vr in res["variants"].items():
         g = vr["grid"]
-        lines += [f"## Student: {v} (`{vr['student']}`), base test accuracy {vr['base_test']:.3f}", "",
-                  "| budget | method | test accuracy (mean ± sd) | " +
+        base = "not read" if vr["base_test"] is None else f"{vr['base_test']:.3f}"
+        lines += [f"## Student: {v} (`{vr['student']}`), base test accuracy {base}", "",
+                  "| budget | method | final validation accuracy (mean ± sd) | test accuracy (mean ± sd) | " +
                   " | ".join(f"steps to {t} (per seed)" for t in cfg["thresholds"]) +
                   " | vs circuit-ce: pooled p | vs full-kd: pooled p | held-out CKA before → after |",
-                  "|---|---|---|" + "---|" * len(cfg["thresholds"]) + "---|---|---|"]
+                  "|---|---|---|---|" + "---|" * len(cfg["thresholds"]) + "---|---|---|"]
         for budget, rows in g.items():
             for m, r in rows.items():
                 acc = np.array(r["test_full"])
+                val = _mean_sd(r.get("val_final", []))
                 reach = [", ".join("–" if x is None else str(x) for x in r["steps_to_reach"][str(t)].values())
                          for t in cfg["thresholds"]]
                 cmp = []
@@ -144,8 +161,7 @@ def write_study_report(res: dict, out: Path) -> Path:
                     o = np.mean(rows[other]["test_full"])
                     cmp.append(f"{_verb(acc.mean(), o, t['pooled']['p_value'])} ({t['pooled']['p_value']:.3g})")
                 al = "–" if r["alignment_after"] is None else f"{r['alignment_before']:.3f} → {r['alignment_after']:.3f}"
-                sd = f" ± {acc.std(ddof=1):.3f}" if acc.size > 1 else ""
-                lines.append(f"| {budget} | {m} | {acc.mean():.3f}{sd} | " + " | ".join(reach) + " | " +
+                lines.append(f"| {budget} | {m} | {val} | {_mean_sd(r['test_full'])} | " + " | ".join(reach) + " | " +
                              " | ".join(cmp) + f" | {al} |")
         fig, axes = plt.subplots(1, len(g), figsize=(5 * len(g), 3.6), squeeze=False)
         for ax, (budget, rows) in zip(axes[0], g.items()):
