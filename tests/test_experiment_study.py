@@ -35,6 +35,7 @@ def test_tiny_study_grid(pair, tmp_path, monkeypatch):
         for m, r in rows.items():
             assert len(r["test_full"]) == 2 and set(r["curves"]) == {"0", "1"}
             assert r["curves"]["0"][0][0] == 0  # the curve starts before training
+            assert r["curves"]["0"][0][-1] == cfg.steps  # ... and ends with the final evaluation
             assert r["alignment_after"] is not None
             others = {"circuit-ce", "full-kd"} - {m}
             assert set(r["mcnemar"]) == others

@@ -72,8 +72,12 @@ def run_study(cfg: StudyConfig, log=print) -> dict:
 
 
 def _curve(log_path: str) -> tuple[list[int], list[float]]:
+    """Validation accuracy by step: the log's interval evaluations, then the final one (summary.json)."""
     rows = [json.loads(l) for l in Path(log_path).read_text().splitlines() if l.strip()]
     ev = [(r["step"], r["eval"]["accuracy"]) for r in rows if isinstance(r.get("eval"), dict)]
+    summary = json.loads(Path(log_path).with_name("summary.json").read_text())
+    if summary.get("final_eval") and (not ev or ev[-1][0] < summary["steps"]):
+        ev.append((summary["steps"], summary["final_eval"]["accuracy"]))
     return [e[0] for e in ev], [e[1] for e in ev]
 
 
