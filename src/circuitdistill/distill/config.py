@@ -32,8 +32,9 @@ class DistillConfig(_Base):
     data: str = Field(..., description="training items (JSONL, circuitdistill.tasks format)")
     pairing: str | None = Field(None, description="pairing.json from `circuitdistill match`; required by the "
                                 "circuit-* methods")
-    out: str = Field("runs/distill/run", description="output directory: config, log.jsonl, loss PNG, "
-                     "checkpoint, summary.json, final model")
+    out: str = Field("runs/distill/run", description="output directory: run_config.json, log.jsonl, loss PNG, "
+                     "checkpoint, summary.json, the final model as a Hugging Face checkpoint in model/ (and, for "
+                     "head-only methods, the trained slices alone in head_deltas.safetensors)")
     lam: float = Field(0.1, ge=0.0, description="lambda, weight of the pair alignment term (CKA or Procrustes) "
                        "over pairs of (1 - similarity). The paper leaves it open; 0.1 was chosen on validation data "
                        "with the sum over ~40 pairs")
@@ -84,6 +85,9 @@ class DistillConfig(_Base):
     eval_max_items: int | None = Field(200, ge=1, description="score at most N eval items")
     eval_batch_size: int = Field(32, ge=1, description="batch size for evaluation")
     checkpoint_every: int = Field(25, ge=1, description="save an atomic checkpoint every N steps (and at the end)")
+    keep_checkpoints: bool = Field(False, description="keep checkpoint.pt (trainable tensors + optimizer state) "
+                                   "after the run finishes, e.g. to extend it later with --resume and more steps; "
+                                   "by default it is deleted once model/ is written")
     save_as: str | None = Field(None, description="also save the trained model under this registry name "
                                 "(load_model accepts it afterwards)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch default)")
@@ -99,6 +103,15 @@ class DistillConfig(_Base):
             raise ValueError(f"method {self.method} trains matched heads only and needs `pairing` (pairing.json "
                              "from `circuitdistill match`)")
         return self
+
+
+class MergeConfig(_Base):
+    """`merge`: apply a head-only run's head_deltas.safetensors to its base model."""
+
+    base: str = Field(..., description="the student the deltas were trained on: built-in name, derived name or "
+                      "local HF directory")
+    deltas: str = Field(..., description="head_deltas.safetensors written by a head-only `distill` run")
+    out: str = Field(..., description="directory for the merged model (a Hugging Face checkpoint)")
 
 
 class CacheConfig(_Base):

@@ -87,6 +87,8 @@ class ExperimentConfig(BaseModel):
         None, description="trained rows that get the mechanism checks and the alignment score A (None: all). "
         "The base student always gets A")
     threads: int = Field(2, ge=1, description="torch CPU threads")
+    keep_checkpoints: bool = Field(False, description="keep each trained row's checkpoint (weights + optimizer "
+                                   "state) once its model/ is written")
 
     @model_validator(mode="after")
     def _check(self):

@@ -73,8 +73,9 @@ def stage_data(cfg: ExperimentConfig, models: dict, d: Path) -> dict:
 
 
 def _finetune(base: str, items_train, items_val, d: Path, mode: str, task: str, steps: int, target: float,
-              lr: float, seed: int, threads: int, batch_size: int = 16, eval_items: int = 100) -> dict:
-    from ..tasks.finetune import FinetuneConfig, finetune
+              lr: float, seed: int, threads: int, batch_size: int = 16, eval_items: int = 100,
+              keep_checkpoints: bool = False) -> dict:
+    from ..tasks.finetune import FinetuneConfig, drop_checkpoint, finetune
 
     cfg = FinetuneConfig(base=base, name=f"exp-{mode}", task=task, mode=mode, lr=lr, batch_size=batch_size,
                          max_steps=steps, eval_every=10 if mode == "teacher" else 5, eval_items=eval_items,
@@ -83,6 +84,8 @@ def _finetune(base: str, items_train, items_val, d: Path, mode: str, task: str, 
     rec = finetune(cfg, items_train, items_val, d / "run", resume=True, model=model, tokenizer=tok, save=False,
                    progress=True)
     save_model_dir(model, tok, d / "model", {"name": f"experiment-{mode}", "finetune": cfg.model_dump(mode="json")})
+    if not keep_checkpoints:
+        drop_checkpoint(d / "run")
     return {"model": str(d / "model"), "record": {k: rec.get(k) for k in
                                                    ("steps", "stop_reason", "final_val_accuracy", "train_seconds")}}
 
@@ -91,7 +94,8 @@ def stage_teacher(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> d
     if "teacher" in models:
         return {"model": models["teacher"], "record": {"given": True}}
     return _finetune(models["teacher_base"], load_items(data["train"]), load_items(data["validation"]), d,
-                     "teacher", cfg.task, cfg.teacher_steps, cfg.teacher_target, 3e-5, cfg.data_seed, cfg.threads)
+                     "teacher", cfg.task, cfg.teacher_steps, cfg.teacher_target, 3e-5, cfg.data_seed, cfg.threads,
+                     keep_checkpoints=cfg.keep_checkpoints)
 
 
 def _warm_recipe() -> dict:
@@ -113,7 +117,8 @@ def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path)
                                   recipe["warm_template"][cfg.task])
     save_items(d / "warmup.jsonl", items)
     res = _finetune(models["student_base"], items, val, d, "warmup", cfg.task, cfg.warm_steps, cfg.warm_target,
-                    recipe["warm_lr"] if cfg.preset != "tiny" else 1e-3, cfg.data_seed, cfg.threads)
+                    recipe["warm_lr"] if cfg.preset != "tiny" else 1e-3, cfg.data_seed, cfg.threads,
+                    keep_checkpoints=cfg.keep_checkpoints)
     res["variant"] = variant
     return res
 
@@ -189,15 +194,9 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
                          batch_size=cfg.batch_size, seed=seed, estimator=cfg.estimator,
                          interchange_cache=cache.get("interchange"), max_train_items=max_train_items,
                          eval_data=data["validation"], eval_teacher_cache=cache.get("validation"),
-                         eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items, num_threads=cfg.threads)
-    summary = train(dcfg, resume=True, progress=True)
-    model, tok = _load(student)
-    from safetensors.torch import load_model as load_weights
-
-    # the twin of the trainer's safetensors.save_model: it knows tied embeddings are stored once
-    load_weights(model, str(d / "weights.safetensors"), strict=True)
-    save_model_dir(model, tok, d / "model", {"name": f"experiment-{method}-s{seed}",
-                                             "distill": dcfg.model_dump(mode="json")})
+                         eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items, num_threads=cfg.threads,
+                         keep_checkpoints=cfg.keep_checkpoints)
+    summary = train(dcfg, resume=True, progress=True)  # writes the student to d/model (a HF checkpoint)
     return {"model": str(d / "model"), "log": str(d / "log.jsonl"), "trainable": summary["trainable"],
             "mean_step_time_s": summary["mean_step_time_s"],
             "heldout_alignment": _alignment_summary(summary.get("start_eval"), summary.get("final_eval"))}

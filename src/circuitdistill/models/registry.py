@@ -173,11 +173,14 @@ def resolve(name_or_path: str, auto_prepare: bool = True) -> str:
     """Map a model reference to something ``from_pretrained`` loads offline.
 
     Accepted: a built-in name, a name saved in the cache by an earlier command (e.g. a fine-tuned
-    teacher), a local HF model directory, or a hub id already present in the user's HF cache.
+    teacher), a local HF model directory, the output directory of a training command (its ``model/``), or a
+    hub id already present in the user's HF cache.
     """
     p = Path(name_or_path).expanduser()
     if p.is_dir() and (p / "config.json").exists():
         return str(p)
+    if p.is_dir() and (p / "model" / "config.json").exists():  # a training command's output directory
+        return str(p / "model")
     if name_or_path in BUILTINS:
         if not is_prepared(name_or_path):
             if not auto_prepare:

@@ -47,6 +47,8 @@ class FinetuneConfig(BaseModel):
     checkpoint_every: int = Field(25, ge=1)
     seed: int = 0
     threads: int = Field(2, ge=1, le=256)
+    keep_checkpoints: bool = Field(False, description="keep the run dir's checkpoint/ (weights + optimizer state) "
+                                   "once the model is saved")
 
 
 def final_position_loss(model, batch: dict) -> torch.Tensor:
@@ -140,7 +142,8 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
         model, tokenizer = registry.load_model(cfg.base)
     train_items, val_items = list(train_items), list(val_items)[: cfg.eval_items]
     data_hash = sha256_json([[it.prompt, it.answer] for it in train_items] + [[it.prompt, it.answer] for it in val_items])
-    config_hash = sha256_json({"config": cfg.model_dump(mode="json", exclude={"max_steps", "target", "threads"}),
+    config_hash = sha256_json({"config": cfg.model_dump(mode="json", exclude={"max_steps", "target", "threads",
+                                                                         "keep_checkpoints"}),
                                "data": data_hash})
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_checkpoint(run_dir, model, opt, config_hash) if resume else None
@@ -222,4 +225,14 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
     elif save:
         record["saved_to"] = str(registry.save_derived(model, tokenizer, cfg.name, record))
         write_json_atomic(run_dir / "record.json", record)
+    if save:  # the run dir's own copy, a Hugging Face checkpoint like every training command's OUT/model
+        registry.save_model_dir(model, tokenizer, run_dir / "model", record)
+        if not cfg.keep_checkpoints:
+            drop_checkpoint(run_dir)
     return record
+
+
+def drop_checkpoint(run_dir: str | Path) -> None:
+    """Delete a finished run's checkpoint (its model is saved elsewhere; the optimizer state is 2x the model)."""
+    for d in _ckpt_dirs(Path(run_dir)):
+        shutil.rmtree(d, ignore_errors=True)
