@@ -147,13 +147,13 @@ def test_resume_may_extend_the_number_of_steps(world, tmp_path):
     train(_cfg(world, "circuit-ce", tmp_path / "straight", steps=4), progress=False)
     train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=2, keep_checkpoints=True), progress=False)
     assert (tmp_path / "ext" / "checkpoint.pt").exists()
+    with pytest.raises(ValueError, match="different config"):
+        train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=4, lr=5e-4), resume=True, progress=False)
     train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=4), resume=True, progress=False)
     assert not (tmp_path / "ext" / "checkpoint.pt").exists()  # deleted once the finished row wrote model/
     a, b = load_file(str(tmp_path / "straight" / "model" / "model.safetensors")), \
         load_file(str(tmp_path / "ext" / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="different config"):
-        train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=4, lr=5e-4), resume=True, progress=False)
 
 
 def test_interchange_from_the_cache_equals_the_live_teacher(world, tmp_path):

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..utils import UserError, provenance, sha256_file, write_json_atomic
+from ..utils import UserError, provenance, sha256_file, versioned, write_json_atomic
 
 
 class EvaluateConfig(BaseModel):
@@ -85,7 +85,7 @@ def evaluate_cmd(
     result["total_wall_s"] = time.perf_counter() - t0
     result["provenance"] = provenance(cfg.seed, cfg)
     if out:
-        write_json_atomic(out, result)
+        write_json_atomic(out, versioned("evaluation", result))
         typer.echo(f"wrote {out}")
 
 

@@ -35,7 +35,8 @@ from ..circuits.interchange import interchange_logits
 from ..models.hooks import HookedLM, hook_name
 from ..tasks.batching import encode_items, first_token_id
 from ..tasks.scoring import forward_inputs
-from ..utils import atomic_path, provenance, save_figure_atomic, seed_everything, sha256_json, write_json_atomic
+from ..utils import (atomic_path, provenance, save_figure_atomic, seed_everything, sha256_json, versioned,
+                     write_json_atomic)
 from .config import DistillConfig
 from .losses import check_same_vocab, vocab_fingerprint
 from .losses.terms import TERMS, StepInputs
@@ -285,9 +286,10 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         state.rows = [r for r in _read_log(out / LOG) if r["step"] <= state.step]
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / RUN_CONFIG, {**provenance(cfg.seed, cfg), "config_hash": cfg_hash,
+        write_json_atomic(out / RUN_CONFIG, versioned("distill-run-config", {
+                                                **provenance(cfg.seed, cfg), "config_hash": cfg_hash,
                                                 "world_size": world, "trainable": report,
-                                                "backend": dist.get_backend() if _dist_on() else None})
+                                                "backend": dist.get_backend() if _dist_on() else None}))
         _write_log(out / LOG, state.rows)
     accelerator.wait_for_everyone()
 
@@ -420,7 +422,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         if cfg.save_as:
             save_derived(student, tok, cfg.save_as, {"description": f"{cfg.method} student of {t_name}",
                                                      "distill": summary})
-        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(out / "summary.json", versioned("distill-summary", summary))
         if not cfg.keep_checkpoints:
             ckpt_path.unlink(missing_ok=True)  # the model is in model/; the optimizer state is 2x the trainables
     accelerator.wait_for_everyone()

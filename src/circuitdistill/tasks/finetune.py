@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal, Sequence
@@ -21,8 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from ..utils import (UserError, batch_indices, optimizer_step, provenance, sha256_file, sha256_json,  # noqa: F401
-                     write_json_atomic)
+from ..utils import (UserError, batch_indices, make_temp_dir, optimizer_step, provenance,  # noqa: F401
+                     set_open_modes_below, sha256_file, sha256_json, versioned, write_json_atomic)
 from .batching import encode_items
 from .schema import TaskItem
 from .scoring import evaluate, forward_inputs
@@ -72,12 +71,13 @@ def save_checkpoint(run_dir: Path, model, opt, state: dict) -> None:
     from safetensors.torch import save_model
 
     current, old = _ckpt_dirs(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.new-", dir=run_dir))
+    tmp = make_temp_dir(".checkpoint.new-", run_dir)
     try:
         save_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) weights
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         write_json_atomic(tmp / "state.json", state)
         write_json_atomic(tmp / MANIFEST, {name: sha256_file(tmp / name) for name in CHECKPOINT_FILES})
+        set_open_modes_below(tmp)
         if current.exists():
             shutil.rmtree(old, ignore_errors=True)
             current.rename(old)
@@ -218,13 +218,13 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
         "description": f"{cfg.mode} fine-tune of {cfg.base} on {cfg.task}: {step} steps, val acc "
                        f"{evals[-1]['val_accuracy']:.3f}" if evals else "",
     }
-    write_json_atomic(run_dir / "record.json", record)
+    write_json_atomic(run_dir / "record.json", versioned("finetune-record", record))
     if save and save_to is not None:
         record["saved_to"] = str(registry.save_model_dir(model, tokenizer, Path(save_to), record, overwrite=overwrite))
-        write_json_atomic(run_dir / "record.json", record)
+        write_json_atomic(run_dir / "record.json", versioned("finetune-record", record))
     elif save:
         record["saved_to"] = str(registry.save_derived(model, tokenizer, cfg.name, record))
-        write_json_atomic(run_dir / "record.json", record)
+        write_json_atomic(run_dir / "record.json", versioned("finetune-record", record))
     if save:  # the run dir's own copy, a Hugging Face checkpoint like every training command's OUT/model
         registry.save_model_dir(model, tokenizer, run_dir / "model", record)
         if not cfg.keep_checkpoints:
