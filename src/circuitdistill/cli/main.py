@@ -14,7 +14,7 @@ import typer
 import circuitdistill.cli as _pkg
 from circuitdistill.utils import UserError
 
-app = typer.Typer(help="Mechanism-level distillation of language models.", no_args_is_help=True,
+app = typer.Typer(help="Mechanism-level distillation of language models.", no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False)
 _debug = {"on": False}
 
