@@ -19,7 +19,7 @@ def _merge(cfg: MergeConfig, overwrite: bool = False):
     if not Path(cfg.deltas).is_file():
         raise MissingFile(f"--deltas {cfg.deltas} does not exist (a head-only distill run writes "
                           f"OUT/head_deltas.safetensors)")
-    model, tok = load_model(cfg.base)
+    model, tok = load_model(cfg.base, device="cpu", dtype=cfg.dtype)
     meta = apply_head_deltas(model, cfg.deltas)
     out = save_model_dir(model, tok, Path(cfg.out), {
         "name": Path(cfg.out).name, "description": f"{cfg.base} with the head deltas of {cfg.deltas}",

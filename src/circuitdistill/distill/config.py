@@ -20,6 +20,13 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Device = Literal["auto", "cuda", "mps", "cpu"]
+DType = Literal["auto", "bf16", "fp16", "fp32"]
+DEVICE_HELP = "where the models run: auto (CUDA, else MPS, else CPU), cuda, mps or cpu"
+DTYPE_HELP = ("parameter dtype of the loaded models: auto (bf16 on a CUDA GPU that has it, else fp32), bf16, fp16 "
+              "or fp32; losses and CKA are computed in float32 whatever it is")
+
+
 class DistillConfig(_Base):
     """One training run: a row of the paper's table. Reproducible from this config alone."""
 
@@ -91,6 +98,8 @@ class DistillConfig(_Base):
     save_as: str | None = Field(None, description="also save the trained model under this registry name "
                                 "(load_model accepts it afterwards)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch default)")
+    dtype: DType = Field("fp32", description=DTYPE_HELP + ". The device is accelerate's (run under `accelerate "
+                         "launch` to choose GPUs)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -112,6 +121,8 @@ class MergeConfig(_Base):
                       "local HF directory")
     deltas: str = Field(..., description="head_deltas.safetensors written by a head-only `distill` run")
     out: str = Field(..., description="directory for the merged model (a Hugging Face checkpoint)")
+    dtype: DType = Field("fp32", description="dtype the base is loaded, merged and saved in: use the training "
+                         "run's to reproduce its model/ exactly")
 
 
 class CacheConfig(_Base):
@@ -134,6 +145,8 @@ class CacheConfig(_Base):
     batch_size: int = Field(32, ge=1, description="teacher forward batch size")
     max_items: int | None = Field(None, ge=1, description="cache only the first N items")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    device: Device = Field("auto", description=DEVICE_HELP)
+    dtype: DType = Field("fp32", description=DTYPE_HELP + ". The cache is stored in float32")
 
     @model_validator(mode="after")
     def _check(self):
@@ -195,6 +208,8 @@ class MatchConfig(_Base):
         return v.replace("-", "_") if isinstance(v, str) else v
     seed: int = Field(0, description="seed (recorded; matching itself is deterministic)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    device: Device = Field("auto", description=DEVICE_HELP)
+    dtype: DType = Field("fp32", description=DTYPE_HELP)
 
 
 def load_config(cls: type[_Base], path: str | Path | None = None, **overrides) -> _Base:

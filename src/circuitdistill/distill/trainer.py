@@ -191,7 +191,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         items = items[:cfg.max_train_items]
     if len(items) < cfg.batch_size:
         raise ValueError(f"{cfg.data} has {len(items)} items; batch_size {cfg.batch_size} needs at least that many")
-    student, tok = load_model(cfg.student, device=device)
+    student, tok = load_model(cfg.student, device=device, dtype=cfg.dtype)
     s_hooked = HookedLM(student, tok)
     cache = teacher = t_hooked = None
     if cfg.teacher_cache:
@@ -209,7 +209,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         t_shape = cache.meta["shape"]
         t_name = cache.meta.get("teacher", "teacher")
     else:
-        teacher, t_tok = load_model(cfg.teacher, device=device)
+        teacher, t_tok = load_model(cfg.teacher, device=device, dtype=cfg.dtype)
         for p in teacher.parameters():
             p.requires_grad_(False)
         t_hooked = HookedLM(teacher, t_tok)

@@ -214,16 +214,55 @@ def check_model_dir(path: Path) -> None:
         raise ModelNotAvailable(f"{path} has config.json but no weights (model.safetensors or pytorch_model.bin)")
 
 
-def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               attn_implementation: str | None = None):
-    """Load (model, tokenizer) offline; the tokenizer pads on the left so position -1 is every row's last token."""
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``: CUDA if there is one, else Apple MPS, else the CPU; any other torch device string as given."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``auto``: bf16 on a CUDA device that supports it, else float32 (CPU/MPS kernels are fastest and exact
+    there); ``bf16`` / ``fp16`` / ``fp32`` (or a torch dtype) as given."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device is not None and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: choose from auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(name_or_path: str, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               attn_implementation: str | None = None, device_map: str | dict | None = None):
+    """Load (model, tokenizer) offline; the tokenizer pads on the left so position -1 is every row's last token.
+
+    ``device``: auto | cuda | mps | cpu (or any torch device); ``dtype``: auto | bf16 | fp16 | fp32 (or a torch
+    dtype); ``device_map`` (e.g. "auto") spreads a large model over several GPUs through accelerate instead of
+    moving it to ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(name_or_path)
     check_model_dir(Path(path))
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     kwargs = {"dtype": dtype, "local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ValueError as e:
@@ -231,7 +270,7 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: st
             raise
         raise ModelNotAvailable(f"{name_or_path} is not a causal (decoder-only) language model "
                                 f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    model = model.to(device).eval()
+    model = (model if device_map is not None else model.to(device)).eval()
     drop_gguf_quantization(model)  # caches prepared by older versions still carry it
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     prepare_tokenizer(tok)
