@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distill_fixtures import make_items  # noqa: E402
+from test_experiment_tiny import tiny_pair  # noqa: E402,F401  (the tiny llama teacher + qwen2 student fixture)
 
 
 class _Stop(Exception):
@@ -71,18 +72,12 @@ def test_device_and_dtype_names():
     assert resolve_dtype("auto", torch.device("cpu")) is torch.float32
 
 
-def test_tiny_experiment_in_bf16_on_cpu(tmp_path, monkeypatch):
+def test_tiny_experiment_in_bf16_on_cpu(tiny_pair, tmp_path, monkeypatch):
     from circuitdistill.experiment.config import preset
     from circuitdistill.experiment.runner import run_experiment
 
     monkeypatch.setenv("CIRCUITDISTILL_HOME", str(tmp_path / "home"))
-    tok = gpt2_tokenizer()
-    paths = {}
-    for name, family, seed in (("teacher", "llama", 0), ("student", "qwen2", 1)):
-        m = tiny_model(family, seed=seed)
-        m.save_pretrained(tmp_path / name)
-        tok.save_pretrained(tmp_path / name)
-        paths[name] = str(tmp_path / name)
+    paths = tiny_pair
     cfg = preset("tiny", "entity-tracking", str(tmp_path / "run"), teacher_base=paths["teacher"],
                  student_base=paths["student"], methods=["circuit"], device="cpu", dtype="bf16")
     run_experiment(cfg, log=lambda *_: None)
