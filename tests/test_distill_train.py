@@ -107,7 +107,8 @@ def test_kill_and_resume_gives_the_same_weights(world, tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         train(full.model_copy(update={"out": str(killed)}), progress=False)
     train(full.model_copy(update={"out": str(killed)}), resume=True, progress=False)
-    a, b = load_file(str(tmp_path / "uninterrupted" / "weights.safetensors")), load_file(str(killed / "weights.safetensors"))
+    a, b = load_file(str(tmp_path / "uninterrupted" / "model" / "model.safetensors")), \
+        load_file(str(killed / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(l) for l in (killed / "log.jsonl").read_text().splitlines()]
@@ -144,12 +145,15 @@ def test_config_errors_name_the_field(world, tmp_path):
 
 def test_resume_may_extend_the_number_of_steps(world, tmp_path):
     train(_cfg(world, "circuit-ce", tmp_path / "straight", steps=4), progress=False)
-    train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=2), progress=False)
-    train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=4), resume=True, progress=False)
-    a, b = load_file(str(tmp_path / "straight" / "weights.safetensors")), load_file(str(tmp_path / "ext" / "weights.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=2, keep_checkpoints=True), progress=False)
+    assert (tmp_path / "ext" / "checkpoint.pt").exists()
     with pytest.raises(ValueError, match="different config"):
         train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=4, lr=5e-4), resume=True, progress=False)
+    train(_cfg(world, "circuit-ce", tmp_path / "ext", steps=4), resume=True, progress=False)
+    assert not (tmp_path / "ext" / "checkpoint.pt").exists()  # deleted once the finished row wrote model/
+    a, b = load_file(str(tmp_path / "straight" / "model" / "model.safetensors")), \
+        load_file(str(tmp_path / "ext" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_interchange_from_the_cache_equals_the_live_teacher(world, tmp_path):
@@ -199,7 +203,7 @@ def test_every_alignment_term_moves_only_the_matched_heads(world, tmp_path, meth
 
     train(_cfg(world, method, tmp_path / method, steps=2, lr=1e-2), progress=False)
     before, _ = load_model(world["student"])
-    after = load_file(str(tmp_path / method / "weights.safetensors"))
+    after = load_file(str(tmp_path / method / "model" / "model.safetensors"))
     names = {id(p): n for n, p in before.named_parameters()}
     masks = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in before.named_parameters()}
     n_heads, n_kv = before.config.num_attention_heads, before.config.num_key_value_heads

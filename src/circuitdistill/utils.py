@@ -74,6 +74,43 @@ def provenance(seed: int | None = None, config: Any = None, **extra: Any) -> dic
     return {"seed": seed, "config": cfg, "versions": package_versions(), **extra}
 
 
+ARTIFACT_VERSION = 1
+
+
+def versioned(kind: str, obj: dict, version: int = ARTIFACT_VERSION) -> dict:
+    """``obj`` with ``"format": "circuitdistill.KIND/vN"`` first: every JSON artifact says what it is and which
+    layout it has, so a reader can refuse (or convert) one written by another version."""
+    return {"format": f"circuitdistill.{kind}/v{version}", **{k: v for k, v in obj.items() if k != "format"}}
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def set_open_mode(path: Path, directory: bool = False) -> None:
+    """tempfile makes 0600 files and 0700 dirs; an artifact gets what open()/mkdir() would give: 0666/0777 less
+    the umask (0644/0755 under the usual 022), so colleagues sharing a cluster can read results."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def set_open_modes_below(root: Path) -> None:
+    """``set_open_mode`` on ``root`` and everything below it (libraries such as transformers' save_pretrained
+    write their files 0600)."""
+    set_open_mode(root, directory=True)
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            set_open_mode(p, directory=p.is_dir())
+
+
+def make_temp_dir(prefix: str, dir: str | Path) -> Path:
+    """``tempfile.mkdtemp`` with the permissions of a plain ``mkdir`` (umask respected, not 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    set_open_mode(tmp, directory=True)
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path in the same directory; rename it over `path` only if the body succeeds."""
@@ -84,6 +121,8 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            set_open_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -25,7 +25,7 @@ from ..models import registry
 from ..models.hooks import HookedLM
 from ..tasks.schema import TaskItem
 from ..utils import atomic_path, cache_home, provenance, save_figure_atomic, sha256_file, sha256_json, \
-    write_json_atomic, write_text_atomic
+    versioned, write_json_atomic, write_text_atomic
 from . import concentration as conc
 from .alignment import align
 from .influence import Component, InfluenceResult, ablation_means, component_influence, encode_batches
@@ -190,7 +190,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         "provenance": provenance(cfg.seed, cfg),
     }
     cfg.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(cfg.out / "compare.json", result)
+    write_json_atomic(cfg.out / "compare.json", versioned("compare", result))
     plot_all(result, cfg.out, cfg.threshold)
     write_text_atomic(cfg.out / "compare.md", render_markdown(result, cfg))
     return result

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.arch import check_head
-from ..models.hooks import HookedLM, Intervention, compute_means, hook_name
+from ..models.hooks import HookedLM, Intervention, compute_means, hook_name, on_model_device
 from ..models.resume import record_layer_calls, run_from_layer
 from ..tasks.batching import batches, encode_items, model_inputs
 from ..tasks.metrics import METRICS, final_logits, per_item
@@ -86,7 +86,7 @@ def check_metric(metric: str) -> None:
 def _forward_final(hooked: HookedLM, inputs: dict, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
     """Final-position logits [b, V] of one hooked forward pass."""
     with hooked.hooks(interventions=interventions):
-        out = hooked.model(**inputs, logits_to_keep=1)
+        out = hooked.model(**on_model_device(inputs, hooked.model), logits_to_keep=1)
     return final_logits(out.logits)
 
 
@@ -108,7 +108,7 @@ def per_item_metric(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "
     check_metric(metric)
     vals = []
     for b in batches(hooked.tokenizer, items, batch_size, corrupted=corrupted):
-        vals.append(per_item(metric, _forward_final(hooked, forward_inputs(b), interventions), b).float())
+        vals.append(per_item(metric, _forward_final(hooked, forward_inputs(b), interventions), b).float().cpu())
     return torch.cat(vals) if vals else torch.zeros(0)
 
 
@@ -185,8 +185,10 @@ def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accur
             cached = use_cache and p > 1
             if cached:
                 pid = forward_inputs(run)["position_ids"]
-                prefix = model(input_ids=run["input_ids"][:, :-1], attention_mask=run["attention_mask"][:, :-1],
-                               position_ids=pid[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
+                prefix = model(**on_model_device({"input_ids": run["input_ids"][:, :-1],
+                                                  "attention_mask": run["attention_mask"][:, :-1],
+                                                  "position_ids": pid[:, :-1]}, model),
+                               use_cache=True, logits_to_keep=1).past_key_values
                 if src is not None:
                     src = {k: v[:, -1:] for k, v in src.items()}
             if skip:
@@ -220,7 +222,7 @@ def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accur
                         "use_cache": True}, ivs)
                 else:
                     final = _forward_final(hooked, forward_inputs(rep), ivs)
-                vals = per_item(metric, final, rep).float().view(n, g)
+                vals = per_item(metric, final, rep).float().cpu().view(n, g)
                 for j, (l, h) in enumerate(group):
                     per_item_vals[idx, l, h] = vals[:, j]
                 bar.update(1)
@@ -241,8 +243,7 @@ def _head_groups(heads: list[Head], k: int, by_layer: bool) -> list[list[Head]]:
 
 
 def _on_device(inputs: dict, model) -> dict:
-    device = next(model.parameters()).device
-    return {k: v.to(device) for k, v in inputs.items()}
+    return on_model_device(inputs, model)
 
 
 def head_ablation_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accuracy",

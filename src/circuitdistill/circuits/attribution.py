@@ -35,7 +35,7 @@ from typing import Literal, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..models.hooks import HookedLM, Intervention
+from ..models.hooks import HookedLM, Intervention, model_device, on_model_device
 from ..tasks.batching import encode_items
 from ..tasks.metrics import final_logits, per_item
 from ..tasks.schema import TaskItem
@@ -97,7 +97,8 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                       leave=False):
             chunk = items[i:i + batch_size]
             clean = encode_items(hooked.tokenizer, chunk)
-            inputs = forward_inputs(clean)
+            inputs = on_model_device(forward_inputs(clean), model)
+            dev = model_device(model)
             b, p = clean["input_ids"].shape
             # replacement activations
             if replacement == "corrupted":
@@ -108,24 +109,24 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
             elif replacement == "mean":
                 target = {h: means[h].to(torch.float32).expand(b, p, s.n_heads, s.d_head) for h in hooks}
             else:
-                target = {h: torch.zeros(b, p, s.n_heads, s.d_head) for h in hooks}
+                target = {h: torch.zeros(b, p, s.n_heads, s.d_head, device=dev) for h in hooks}
             cached = prefix_cache and pos == [-1] and p > 1 and not qk_fix
             q = 1 if cached else p  # positions each forward pass computes
             if cached:  # gradients at the final position only need the final token (module docstring)
                 pid = inputs["position_ids"]
                 with torch.no_grad():
-                    prefix = model(input_ids=clean["input_ids"][:, :-1], attention_mask=clean["attention_mask"][:, :-1],
+                    prefix = model(input_ids=inputs["input_ids"][:, :-1], attention_mask=inputs["attention_mask"][:, :-1],
                                    position_ids=pid[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
                 target = {h: t[:, -1:] for h, t in target.items()}
 
             def step_inputs():
                 if not cached:
                     return inputs
-                return {"input_ids": clean["input_ids"][:, -1:], "attention_mask": clean["attention_mask"],
+                return {"input_ids": inputs["input_ids"][:, -1:], "attention_mask": inputs["attention_mask"],
                         "position_ids": pid[:, -1:], "past_key_values": copy.deepcopy(prefix), "use_cache": True}
 
             # clean forward/backward: gradients at z (through add-zero leaves) and the clean z itself
-            leaves = {h: torch.zeros(b, q, s.n_heads, s.d_head, requires_grad=True) for h in hooks}
+            leaves = {h: torch.zeros(b, q, s.n_heads, s.d_head, device=dev, requires_grad=True) for h in hooks}
             ivs = [Intervention(h, "add", None, None, leaves[h]) for h in hooks]
             gates = grad_drop_gates(hooked) if grad_drop else contextlib.nullcontext()
             with torch.enable_grad(), gates as gate, hooked.hooks(record=hooks + patterns, interventions=ivs) as rec:
@@ -169,8 +170,8 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                 qk = _qk_term(hooked, inputs, z, {h: delta[h] * sel for h in hooks},
                               [rec[a].detach() for a in patterns], pattern_grads, rpp)
             for j, dg in enumerate(drop_grads):  # the QK term does not go through the dropped gradients
-                by_drop[j] += _linear(delta, dg, sel, hooks) + qk
-            total += _linear(delta, grads, sel, hooks) + qk
+                by_drop[j] += (_linear(delta, dg, sel, hooks) + qk).cpu()
+            total += (_linear(delta, grads, sel, hooks) + qk).cpu()  # accumulated on the CPU in float64
     finally:
         for prm, g in zip(model.parameters(), params_grad):
             prm.requires_grad_(g)

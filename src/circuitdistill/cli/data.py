@@ -8,7 +8,7 @@ from typing import Literal, Optional
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..utils import provenance, sha256_file, write_json_atomic
+from ..utils import provenance, sha256_file, versioned, write_json_atomic
 
 data_app = typer.Typer(help="Task data: generate entity-tracking / theory-of-mind JSONL, or check a user file.",
                        no_args_is_help=True)
@@ -65,7 +65,7 @@ def _write(cfg: DataConfig, out: Path | None, out_dir: Path | None, prefix: str,
         save_items(out, result)
         written["all"] = {"path": str(out), "n": len(result), "sha256": sha256_file(out)}
         manifest = out.with_suffix(".manifest.json")
-    write_json_atomic(manifest, {"files": written, **provenance(cfg.seed, cfg)})
+    write_json_atomic(manifest, versioned("data-manifest", {"files": written, **provenance(cfg.seed, cfg)}))
     for k, v in written.items():
         typer.echo(f"{k}: {v['n']} items -> {v['path']}")
     typer.echo(f"manifest: {manifest}")

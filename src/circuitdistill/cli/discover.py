@@ -9,7 +9,7 @@ from typing import Literal, Optional
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..utils import UserError, provenance, sha256_file, write_json_atomic, write_text_atomic
+from ..utils import UserError, provenance, sha256_file, versioned, write_json_atomic, write_text_atomic
 
 
 class DiscoverConfig(BaseModel):
@@ -146,7 +146,7 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
         rep = faithfulness_report(model, tok, items, circuit, n_random=cfg.random_sets, seed=cfg.seed,
                                   batch_size=cfg.batch_size, progress=progress,
                                   positions=None if cfg.faithfulness_positions == "all" else "final")
-        write_json_atomic(out / "faithfulness.json", {**rep, "provenance": provenance(cfg.seed, cfg)})
+        write_json_atomic(out / "faithfulness.json", versioned("faithfulness", {**rep, "provenance": provenance(cfg.seed, cfg)}))
         summary += format_report(rep) + "\n"
     write_text_atomic(out / "summary.txt", summary)
     return circuit, summary

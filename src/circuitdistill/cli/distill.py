@@ -111,7 +111,10 @@ def _prepare_run_dir(cfg: DistillConfig, resume: bool, overwrite: bool) -> None:
     out = prepare_output_dir(cfg.out, overwrite=overwrite, resume=resume, resume_flag="--resume",
                              legacy_artifacts=(CHECKPOINT, "log.jsonl"))
     if overwrite and not resume:
+        from ..distill.head_params import HEAD_DELTAS_FILE
+
         (out / CHECKPOINT).unlink(missing_ok=True)
+        (out / HEAD_DELTAS_FILE).unlink(missing_ok=True)  # a full-model run over a head-only one has none
     prints = preflight.input_fingerprints({"data": cfg.data, "student": cfg.student, "teacher": cfg.teacher,
                                            "teacher_cache": cfg.teacher_cache, "pairing": cfg.pairing})
     preflight.check_resume_inputs(out, prints, resume)
@@ -126,7 +129,9 @@ def _interrupted(cfg: DistillConfig) -> str:
         except (ValueError, KeyError, TypeError):
             break  # a torn last line
     saved = done // cfg.checkpoint_every * cfg.checkpoint_every
-    config = Path(cfg.out) / "config.json"
+    from ..distill.trainer import RUN_CONFIG
+
+    config = Path(cfg.out) / RUN_CONFIG
     if saved == 0:
         return (f"interrupted after step {done} of {cfg.steps}, before the first checkpoint; start again with: "
                 f"circuitdistill distill --config {config} --overwrite")
@@ -135,8 +140,10 @@ def _interrupted(cfg: DistillConfig) -> str:
 
 
 def _distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False):
-    """Train a student with one method: a weighted list of loss terms (see --method). Writes config.json,
-    log.jsonl, loss.png, checkpoint.pt, summary.json to --out."""
+    """Train a student with one method: a weighted list of loss terms (see --method). Writes run_config.json,
+    log.jsonl, loss.png, summary.json and the student as a Hugging Face checkpoint in model/ to --out (head-only
+    methods also head_deltas.safetensors: the trained slices alone, see `circuitdistill merge`); checkpoint.pt
+    is deleted at the end unless --keep-checkpoints."""
     from ..distill.losses import VocabularyMismatch
     from ..distill.trainer import train
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..utils import UserError, provenance, sha256_file, write_json_atomic
+from ..utils import UserError, provenance, sha256_file, versioned, write_json_atomic
 
 
 class EvaluateConfig(BaseModel):
@@ -23,6 +23,8 @@ class EvaluateConfig(BaseModel):
     random_sets: int = Field(10, ge=0, le=10_000)
     seed: int = 0
     per_item: bool = True
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
 
 
 def evaluate_cmd(
@@ -36,6 +38,8 @@ def evaluate_cmd(
     random_sets: int = typer.Option(10, help="with --circuit: random head sets of the same size as control"),
     seed: int = typer.Option(0, help="with --circuit: seed of the random sets"),
     per_item: bool = typer.Option(True, help="store the per-item metric vectors in the JSON (for paired tests)"),
+    device: str = typer.Option("auto", help="auto (CUDA, else MPS, else CPU) | cuda | mps | cpu"),
+    dtype: str = typer.Option("fp32", help="auto (bf16 on a CUDA GPU that has it) | bf16 | fp16 | fp32"),
 ):
     """Accuracy, candidate accuracy, answer log-prob and logit difference, each with a 95% CI."""
     import torch
@@ -46,7 +50,8 @@ def evaluate_cmd(
 
     try:
         cfg = EvaluateConfig(model=model, data=data, batch_size=batch_size, limit=limit, threads=threads,
-                             circuit=circuit, random_sets=random_sets, seed=seed, per_item=per_item)
+                             circuit=circuit, random_sets=random_sets, seed=seed, per_item=per_item,
+                             device=device, dtype=dtype)
         items = load_items(cfg.data)
     except (ValidationError, TaskFileError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -67,7 +72,7 @@ def evaluate_cmd(
     check_evaluate_inputs(cfg, items, out)
     torch.set_num_threads(cfg.threads)
     try:
-        m, tok = registry.load_model(cfg.model)
+        m, tok = registry.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     except registry.ModelNotAvailable as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
@@ -85,7 +90,7 @@ def evaluate_cmd(
     result["total_wall_s"] = time.perf_counter() - t0
     result["provenance"] = provenance(cfg.seed, cfg)
     if out:
-        write_json_atomic(out, result)
+        write_json_atomic(out, versioned("evaluation", result))
         typer.echo(f"wrote {out}")
 
 

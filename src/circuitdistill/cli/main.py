@@ -14,13 +14,23 @@ import typer
 import circuitdistill.cli as _pkg
 from circuitdistill.utils import UserError
 
-app = typer.Typer(help="Mechanism-level distillation of language models.", no_args_is_help=True,
+app = typer.Typer(help="Mechanism-level distillation of language models.", no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False)
 _debug = {"on": False}
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from circuitdistill import __version__
+
+        typer.echo(f"circuitdistill {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _options(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error")):
+def _options(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error"),
+             version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="print the version and exit")):
     """Mechanism-level distillation of language models."""
     _debug["on"] = debug
 

@@ -20,6 +20,13 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+Device = Literal["auto", "cuda", "mps", "cpu"]
+DType = Literal["auto", "bf16", "fp16", "fp32"]
+DEVICE_HELP = "where the models run: auto (CUDA, else MPS, else CPU), cuda, mps or cpu"
+DTYPE_HELP = ("parameter dtype of the loaded models: auto (bf16 on a CUDA GPU that has it, else fp32), bf16, fp16 "
+              "or fp32; losses and CKA are computed in float32 whatever it is")
+
+
 class DistillConfig(_Base):
     """One training run: a row of the paper's table. Reproducible from this config alone."""
 
@@ -32,8 +39,9 @@ class DistillConfig(_Base):
     data: str = Field(..., description="training items (JSONL, circuitdistill.tasks format)")
     pairing: str | None = Field(None, description="pairing.json from `circuitdistill match`; required by the "
                                 "circuit-* methods")
-    out: str = Field("runs/distill/run", description="output directory: config, log.jsonl, loss PNG, "
-                     "checkpoint, summary.json, final model")
+    out: str = Field("runs/distill/run", description="output directory: run_config.json, log.jsonl, loss PNG, "
+                     "checkpoint, summary.json, the final model as a Hugging Face checkpoint in model/ (and, for "
+                     "head-only methods, the trained slices alone in head_deltas.safetensors)")
     lam: float = Field(0.1, ge=0.0, description="lambda, weight of the pair alignment term (CKA or Procrustes) "
                        "over pairs of (1 - similarity). The paper leaves it open; 0.1 was chosen on validation data "
                        "with the sum over ~40 pairs")
@@ -84,9 +92,14 @@ class DistillConfig(_Base):
     eval_max_items: int | None = Field(200, ge=1, description="score at most N eval items")
     eval_batch_size: int = Field(32, ge=1, description="batch size for evaluation")
     checkpoint_every: int = Field(25, ge=1, description="save an atomic checkpoint every N steps (and at the end)")
+    keep_checkpoints: bool = Field(False, description="keep checkpoint.pt (trainable tensors + optimizer state) "
+                                   "after the run finishes, e.g. to extend it later with --resume and more steps; "
+                                   "by default it is deleted once model/ is written")
     save_as: str | None = Field(None, description="also save the trained model under this registry name "
                                 "(load_model accepts it afterwards)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch default)")
+    dtype: DType = Field("fp32", description=DTYPE_HELP + ". The device is accelerate's (run under `accelerate "
+                         "launch` to choose GPUs)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -99,6 +112,17 @@ class DistillConfig(_Base):
             raise ValueError(f"method {self.method} trains matched heads only and needs `pairing` (pairing.json "
                              "from `circuitdistill match`)")
         return self
+
+
+class MergeConfig(_Base):
+    """`merge`: apply a head-only run's head_deltas.safetensors to its base model."""
+
+    base: str = Field(..., description="the student the deltas were trained on: built-in name, derived name or "
+                      "local HF directory")
+    deltas: str = Field(..., description="head_deltas.safetensors written by a head-only `distill` run")
+    out: str = Field(..., description="directory for the merged model (a Hugging Face checkpoint)")
+    dtype: DType = Field("fp32", description="dtype the base is loaded, merged and saved in: use the training "
+                         "run's to reproduce its model/ exactly")
 
 
 class CacheConfig(_Base):
@@ -121,6 +145,8 @@ class CacheConfig(_Base):
     batch_size: int = Field(32, ge=1, description="teacher forward batch size")
     max_items: int | None = Field(None, ge=1, description="cache only the first N items")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    device: Device = Field("auto", description=DEVICE_HELP)
+    dtype: DType = Field("fp32", description=DTYPE_HELP + ". The cache is stored in float32")
 
     @model_validator(mode="after")
     def _check(self):
@@ -182,6 +208,8 @@ class MatchConfig(_Base):
         return v.replace("-", "_") if isinstance(v, str) else v
     seed: int = Field(0, description="seed (recorded; matching itself is deterministic)")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
+    device: Device = Field("auto", description=DEVICE_HELP)
+    dtype: DType = Field("fp32", description=DTYPE_HELP)
 
 
 def load_config(cls: type[_Base], path: str | Path | None = None, **overrides) -> _Base:

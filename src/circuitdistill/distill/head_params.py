@@ -37,6 +37,7 @@ Without GQA (one k/v head per query head) every selected head trains its own k/v
 """
 from __future__ import annotations
 
+import json
 from typing import Iterable, Literal, Sequence
 
 import torch
@@ -111,8 +112,11 @@ class HeadDeltas:
                 groups[key][3].append(f"{name_of[id(param)]}[L{l}.{c}{h}]")
         self._params: list[nn.Parameter] = []
         self._names: list[str] = []
+        self._slices: list[tuple[str, tuple]] = []  # (parameter name, index) of each delta, for export()
         self._parametrized: list[tuple[nn.Module, str]] = []
         for mod, pname, idxs, names in groups.values():
+            full = name_of[id(getattr(mod, pname))]
+            self._slices.extend((full, idx) for idx in idxs)
             base = getattr(mod, pname)
             sd = SliceDelta(base.detach(), idxs, names)
             parametrize.register_parametrization(mod, pname, sd, unsafe=True)
@@ -161,6 +165,15 @@ class HeadDeltas:
             "trainable_share": n_train / n_total,
         }
 
+    def export(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The trained slices alone, as (tensors, metadata) for ``head_deltas.safetensors``: one tensor per delta
+        (named like ``state_dict()``) and, in the metadata, which parameter and index each one adds to."""
+        tensors = {n: p.detach().contiguous().clone() for n, p in zip(self._names, self._params)}
+        slices = {n: {"param": pname, "index": [_slice_json(s) for s in idx]}
+                  for n, (pname, idx) in zip(self._names, self._slices)}
+        return tensors, {"format": HEAD_DELTAS_FORMAT, "slices": json.dumps(slices),
+                         "heads": json.dumps([list(h) for h in self.heads]), "gqa_policy": self.gqa_policy}
+
     # ---- finishing ------------------------------------------------------------------------------
     @torch.no_grad()
     def merge(self) -> nn.Module:
@@ -170,6 +183,59 @@ class HeadDeltas:
                 parametrize.remove_parametrizations(mod, pname, leave_parametrized=True)
             self.merged = True
         return self.model
+
+
+HEAD_DELTAS_FORMAT = "circuitdistill.head_deltas/1"
+HEAD_DELTAS_FILE = "head_deltas.safetensors"
+
+
+def _slice_json(s: slice) -> list[int] | None:
+    if s.step not in (None, 1):
+        raise ValueError(f"head slices have no step; got {s}")
+    return None if s.start is None and s.stop is None else [s.start, s.stop]
+
+
+def save_head_deltas(deltas: HeadDeltas, path, base: str | None = None) -> None:
+    """Write the trained slices (not the model) atomically: a few MB where the model is GB."""
+    from safetensors.torch import save_file
+
+    from ..utils import atomic_path
+
+    tensors, meta = deltas.export()
+    if base is not None:
+        meta["base"] = base
+    with atomic_path(path) as tmp:
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+
+
+@torch.no_grad()
+def apply_head_deltas(model: nn.Module, path) -> dict:
+    """Add the deltas of ``head_deltas.safetensors`` to ``model``'s weights in place (what training's merge did:
+    ``base[slice] + delta`` in the model's dtype); returns the file's metadata. The model must be the base the
+    deltas were trained on (same architecture and shapes)."""
+    from safetensors import safe_open
+
+    from ..utils import UserError
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != HEAD_DELTAS_FORMAT:
+            raise UserError(f"{path} is not a head-deltas file (format {meta.get('format')!r}, expected "
+                            f"{HEAD_DELTAS_FORMAT!r})")
+        slices = json.loads(meta["slices"])
+        params = dict(model.named_parameters())
+        for name, where in slices.items():
+            if where["param"] not in params:
+                raise UserError(f"{path}: the model has no parameter {where['param']}; was it trained on another "
+                                f"architecture?")
+            param = params[where["param"]]
+            idx = tuple(slice(None) if s is None else slice(*s) for s in where["index"])
+            delta = f.get_tensor(name)
+            if tuple(param[idx].shape) != tuple(delta.shape):
+                raise UserError(f"{path}: delta {name} has shape {tuple(delta.shape)} but {where['param']}{list(idx)} "
+                                f"is {tuple(param[idx].shape)}; the base model differs from the one trained")
+            param[idx] = param[idx] + delta.to(device=param.device, dtype=param.dtype)
+    return meta
 
 
 def _base_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -192,14 +192,14 @@ def pairs_from_effects(e_s, e_t, cfg, budget: int):
 @torch.no_grad()
 def _head_rows(hooked, items, layers, position: int, batch_size: int) -> dict[int, torch.Tensor]:
     """layer -> [n_items, n_heads, d_head] head outputs at ``position``."""
-    from ..models.hooks import hook_name
+    from ..models.hooks import hook_name, on_model_device
     from ..tasks.batching import batches
     from ..tasks.scoring import forward_inputs
 
     out: dict[int, list] = {l: [] for l in layers}
     for b in batches(hooked.tokenizer, items, batch_size):
         with hooked.hooks(record=[hook_name(l, "attn.hook_z") for l in layers], detach=True) as rec:
-            hooked.model(**forward_inputs(b), logits_to_keep=1)
+            hooked.model(**on_model_device(forward_inputs(b), hooked.model), logits_to_keep=1)
         for l in layers:
             out[l].append(rec[hook_name(l, "attn.hook_z")][:, position].float())
     return {l: torch.cat(v) for l, v in out.items()}
@@ -225,8 +225,8 @@ def match(cfg, progress: bool = True) -> Pairing:
     if cfg.max_items:
         items = items[:cfg.max_items]
     circuit = Circuit.load(cfg.circuit)
-    teacher, t_tok = load_model(cfg.teacher)
-    student, s_tok = load_model(cfg.student)
+    teacher, t_tok = load_model(cfg.teacher, device=cfg.device, dtype=cfg.dtype)
+    student, s_tok = load_model(cfg.student, device=cfg.device, dtype=cfg.dtype)
     th, sh = HookedLM(teacher, t_tok), HookedLM(student, s_tok)
     if (circuit.n_layers, circuit.n_heads_per_layer) != (th.shape.n_layers, th.shape.n_heads):
         raise ValueError(f"{cfg.circuit} describes a model with {circuit.n_layers} layers x "

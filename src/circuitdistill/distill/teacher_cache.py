@@ -64,7 +64,7 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
     items = load_items(cfg.data)
     if cfg.max_items:
         items = items[:cfg.max_items]
-    model, tok = load_model(cfg.teacher)
+    model, tok = load_model(cfg.teacher, device=cfg.device, dtype=cfg.dtype)
     hooked = HookedLM(model, tok)
     shape = hooked.shape
     if cfg.heads == "all":
@@ -88,18 +88,19 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
     for i in tqdm(range(0, len(items), cfg.batch_size), desc="cache-teacher", unit="batch", disable=not progress):
         batch = encode_items(tok, items[i:i + cfg.batch_size])
         logits, h = teacher_pass(hooked, batch, head_list, cfg.position)
+        logits = logits.float().cpu()  # stored in float32 on the CPU whatever the teacher's dtype and device
         labels.append(logits.argmax(-1))
         answers.append(batch["answer_ids"])
         top = logits.topk(k, dim=-1)
         tv.append(top.values)
         ti.append(top.indices)
-        heads.append(h)
+        heads.append(h.float().cpu())
         if cf_heads is not None:
             corr = encode_items(tok, items[i:i + cfg.batch_size], corrupted=True)
             with torch.no_grad():
                 cf = interchange_logits(hooked, batch, corr, cf_heads).float().topk(k, dim=-1)
-            cfv.append(cf.values)
-            cfi.append(cf.indices)
+            cfv.append(cf.values.cpu())
+            cfi.append(cf.indices.cpu())
     tensors = {"labels": torch.cat(labels), "answer_ids": torch.cat(answers), "topk_values": torch.cat(tv),
                "topk_indices": torch.cat(ti), "heads": torch.cat(heads).contiguous(),
                "head_list": torch.tensor(head_list, dtype=torch.long).reshape(-1, 2)}

@@ -35,7 +35,8 @@ from ..circuits.interchange import interchange_logits
 from ..models.hooks import HookedLM, hook_name
 from ..tasks.batching import encode_items, first_token_id
 from ..tasks.scoring import forward_inputs
-from ..utils import atomic_path, provenance, save_figure_atomic, seed_everything, sha256_json, write_json_atomic
+from ..utils import (atomic_path, provenance, save_figure_atomic, seed_everything, sha256_json, versioned,
+                     write_json_atomic)
 from .config import DistillConfig
 from .losses import check_same_vocab, vocab_fingerprint
 from .losses.terms import TERMS, StepInputs
@@ -43,9 +44,11 @@ from .methods import METHODS, term_names, weight_of
 
 CHECKPOINT = "checkpoint.pt"
 # fields that do not change the trajectory: a resumed run may differ in these (e.g. more steps)
-RESUME_MAY_CHANGE = ("steps", "out", "num_threads", "checkpoint_every", "save_as", "eval_data",
+RESUME_MAY_CHANGE = ("steps", "out", "num_threads", "checkpoint_every", "keep_checkpoints", "save_as", "eval_data",
                      "eval_teacher_cache", "eval_pairing", "eval_interval", "eval_max_items", "eval_batch_size")
 LOG = "log.jsonl"
+RUN_CONFIG = "run_config.json"  # the run's own config + provenance (config.json in OUT/model/ is the HF model's)
+MODEL_DIR = "model"  # the final student, a Hugging Face checkpoint (save_pretrained + tokenizer)
 
 
 # ---- distributed helpers ------------------------------------------------------------------------------------
@@ -188,7 +191,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         items = items[:cfg.max_train_items]
     if len(items) < cfg.batch_size:
         raise ValueError(f"{cfg.data} has {len(items)} items; batch_size {cfg.batch_size} needs at least that many")
-    student, tok = load_model(cfg.student, device=device)
+    student, tok = load_model(cfg.student, device=device, dtype=cfg.dtype)
     s_hooked = HookedLM(student, tok)
     cache = teacher = t_hooked = None
     if cfg.teacher_cache:
@@ -206,7 +209,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         t_shape = cache.meta["shape"]
         t_name = cache.meta.get("teacher", "teacher")
     else:
-        teacher, t_tok = load_model(cfg.teacher, device=device)
+        teacher, t_tok = load_model(cfg.teacher, device=device, dtype=cfg.dtype)
         for p in teacher.parameters():
             p.requires_grad_(False)
         t_hooked = HookedLM(teacher, t_tok)
@@ -274,7 +277,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         if ck["config_hash"] != cfg_hash:
             raise ValueError(f"{ckpt_path} was written by a different config or from other inputs (data, models, "
                              f"caches, pairing); resume needs the same config except {', '.join(RESUME_MAY_CHANGE)} "
-                             "and unchanged inputs (compare with config.json in that directory)")
+                             f"and unchanged inputs (compare with {RUN_CONFIG} in that directory)")
         if ck["step"] > cfg.steps:
             raise ValueError(f"{ckpt_path} is at step {ck['step']}, beyond steps={cfg.steps}")
         _load_trainable(deltas, student, ck["trainable"])
@@ -283,9 +286,10 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         state.rows = [r for r in _read_log(out / LOG) if r["step"] <= state.step]
     if main:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", {**provenance(cfg.seed, cfg), "config_hash": cfg_hash,
+        write_json_atomic(out / RUN_CONFIG, versioned("distill-run-config", {
+                                                **provenance(cfg.seed, cfg), "config_hash": cfg_hash,
                                                 "world_size": world, "trainable": report,
-                                                "backend": dist.get_backend() if _dist_on() else None})
+                                                "backend": dist.get_backend() if _dist_on() else None}))
         _write_log(out / LOG, state.rows)
     accelerator.wait_for_everyone()
 
@@ -395,6 +399,10 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     # --- finish ---
     final_eval = _evaluate(cfg, model, tok, eval_items, eval_pairs, accelerator) if eval_items is not None else None
     if deltas is not None:
+        if main:
+            from .head_params import HEAD_DELTAS_FILE, save_head_deltas
+
+            save_head_deltas(deltas, out / HEAD_DELTAS_FILE, base=cfg.student)
         deltas.merge()
     timed = [r for r in state.rows if "step_time_s" in r]
     summary = {"method": cfg.method, "steps": cfg.steps, "world_size": world, "trainable": report,
@@ -406,16 +414,17 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
                **provenance(cfg.seed, cfg)}
     if main:
         _plot(out / "loss.png", state.rows, cfg)
-        from safetensors.torch import save_model
+        from ..models.registry import save_derived, save_model_dir
 
-        with atomic_path(out / "weights.safetensors") as tmp:  # the final student (tied weights stored once)
-            save_model(student, str(tmp))
+        meta = {"name": f"{cfg.method}-student", "description": f"{cfg.method} student of {t_name}",
+                "distill": cfg.model_dump(mode="json")}
+        save_model_dir(student, tok, out / MODEL_DIR, meta)
         if cfg.save_as:
-            from ..models.registry import save_derived
-
             save_derived(student, tok, cfg.save_as, {"description": f"{cfg.method} student of {t_name}",
                                                      "distill": summary})
-        write_json_atomic(out / "summary.json", summary)
+        write_json_atomic(out / "summary.json", versioned("distill-summary", summary))
+        if not cfg.keep_checkpoints:
+            ckpt_path.unlink(missing_ok=True)  # the model is in model/; the optimizer state is 2x the trainables
     accelerator.wait_for_everyone()
     return summary
 

@@ -87,6 +87,13 @@ class ExperimentConfig(BaseModel):
         None, description="trained rows that get the mechanism checks and the alignment score A (None: all). "
         "The base student always gets A")
     threads: int = Field(2, ge=1, description="torch CPU threads")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
+        "cpu", description="where every stage runs its models: auto (CUDA, else MPS, else CPU), cuda, mps or cpu")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "fp32", description="parameter dtype of every loaded and trained model (auto: bf16 on a CUDA GPU that has "
+        "it, else fp32); losses and CKA stay float32")
+    keep_checkpoints: bool = Field(False, description="keep each trained row's checkpoint (weights + optimizer "
+                                   "state) once its model/ is written")
 
     @model_validator(mode="after")
     def _check(self):

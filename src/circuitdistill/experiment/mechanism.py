@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..circuits.interchange import interchange_logits
-from ..models.hooks import HookedLM
+from ..models.hooks import HookedLM, on_model_device
 from ..tasks.batching import encode_items, model_inputs
 from ..tasks.schema import TaskItem
 
@@ -32,7 +32,7 @@ def patched_predictions(hooked: HookedLM, items: Sequence[TaskItem], heads: Sequ
     for i in tqdm(range(0, len(items), batch_size), desc="interchange", disable=not progress, leave=False):
         chunk = items[i:i + batch_size]
         clean, corr = encode_items(tok, chunk), encode_items(tok, chunk, corrupted=True)
-        base = hooked.model(**model_inputs(clean)).logits[:, -1]
+        base = hooked.model(**on_model_device(model_inputs(clean), hooked.model)).logits[:, -1]
         patched = interchange_logits(hooked, clean, corr, heads)
         clean_pred += [tok.decode(t).strip() for t in base.argmax(-1)]
         patched_pred += [tok.decode(t).strip() for t in patched.argmax(-1)]

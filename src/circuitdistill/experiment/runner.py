@@ -18,7 +18,7 @@ from ..models.hooks import HookedLM
 from ..models.registry import BUILTINS, load_model, prepare, resolve, save_model_dir
 from ..tasks.io import load_items, save_items
 from ..tasks.schema import TaskItem
-from ..utils import provenance, write_json_atomic
+from ..utils import provenance, versioned, write_json_atomic
 from .config import ExperimentConfig
 from .stages import StageRunner
 
@@ -36,9 +36,10 @@ def _tokenizer(path: str):
     return tok
 
 
-def _load(path: str):
-    model, tok = load_model(path)
-    return model, tok
+def _load(path: str, cfg: ExperimentConfig | None = None):
+    if cfg is None:
+        return load_model(path)
+    return load_model(path, device=cfg.device, dtype=cfg.dtype)
 
 
 # ---------------------------------------------------------------------------------------- stages
@@ -73,16 +74,19 @@ def stage_data(cfg: ExperimentConfig, models: dict, d: Path) -> dict:
 
 
 def _finetune(base: str, items_train, items_val, d: Path, mode: str, task: str, steps: int, target: float,
-              lr: float, seed: int, threads: int, batch_size: int = 16, eval_items: int = 100) -> dict:
-    from ..tasks.finetune import FinetuneConfig, finetune
+              lr: float, seed: int, threads: int, batch_size: int = 16, eval_items: int = 100,
+              keep_checkpoints: bool = False, device: str = "cpu", dtype: str = "fp32") -> dict:
+    from ..tasks.finetune import FinetuneConfig, drop_checkpoint, finetune
 
     cfg = FinetuneConfig(base=base, name=f"exp-{mode}", task=task, mode=mode, lr=lr, batch_size=batch_size,
                          max_steps=steps, eval_every=10 if mode == "teacher" else 5, eval_items=eval_items,
                          target=target, seed=seed, threads=threads)
-    model, tok = load_model(base)
+    model, tok = load_model(base, device=device, dtype=dtype)
     rec = finetune(cfg, items_train, items_val, d / "run", resume=True, model=model, tokenizer=tok, save=False,
                    progress=True)
     save_model_dir(model, tok, d / "model", {"name": f"experiment-{mode}", "finetune": cfg.model_dump(mode="json")})
+    if not keep_checkpoints:
+        drop_checkpoint(d / "run")
     return {"model": str(d / "model"), "record": {k: rec.get(k) for k in
                                                    ("steps", "stop_reason", "final_val_accuracy", "train_seconds")}}
 
@@ -91,7 +95,8 @@ def stage_teacher(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> d
     if "teacher" in models:
         return {"model": models["teacher"], "record": {"given": True}}
     return _finetune(models["teacher_base"], load_items(data["train"]), load_items(data["validation"]), d,
-                     "teacher", cfg.task, cfg.teacher_steps, cfg.teacher_target, 3e-5, cfg.data_seed, cfg.threads)
+                     "teacher", cfg.task, cfg.teacher_steps, cfg.teacher_target, 3e-5, cfg.data_seed, cfg.threads,
+                     keep_checkpoints=cfg.keep_checkpoints, device=cfg.device, dtype=cfg.dtype)
 
 
 def _warm_recipe() -> dict:
@@ -113,7 +118,8 @@ def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path)
                                   recipe["warm_template"][cfg.task])
     save_items(d / "warmup.jsonl", items)
     res = _finetune(models["student_base"], items, val, d, "warmup", cfg.task, cfg.warm_steps, cfg.warm_target,
-                    recipe["warm_lr"] if cfg.preset != "tiny" else 1e-3, cfg.data_seed, cfg.threads)
+                    recipe["warm_lr"] if cfg.preset != "tiny" else 1e-3, cfg.data_seed, cfg.threads,
+                    keep_checkpoints=cfg.keep_checkpoints, device=cfg.device, dtype=cfg.dtype)
     res["variant"] = variant
     return res
 
@@ -122,7 +128,7 @@ def stage_discover(cfg: ExperimentConfig, teacher_path: str, data: dict, d: Path
     """The teacher's circuit on validation items (never the test split), via `circuitdistill discover`."""
     from ..cli.discover import DiscoverConfig, run_discover
 
-    n_heads = HookedLM(_load(teacher_path)[0]).shape.n_total_heads
+    n_heads = HookedLM(_load(teacher_path, cfg)[0]).shape.n_total_heads
     top_n = max(1, round(cfg.circuit_share * n_heads))
     dcfg = DiscoverConfig(model=teacher_path, data=Path(data["validation"]), method=cfg.discovery_method,
                           positions="final", metric="logprob", top_n=top_n, n_items=cfg.discovery_items,
@@ -135,13 +141,13 @@ def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str,
     from ..distill.config import MatchConfig
     from ..distill.matching import match
 
-    n_student_heads = HookedLM(_load(student)[0]).shape.n_total_heads
+    n_student_heads = HookedLM(_load(student, cfg)[0]).shape.n_total_heads
     mcfg = MatchConfig(teacher=teacher, student=student, circuit=circuit, data=data["validation"], out=str(d),
                        by=cfg.match_by, baseline=cfg.match_baseline, normalise=cfg.match_normalise,
                        metric=cfg.match_metric, per_position_means=cfg.per_position_means,
                        max_items=cfg.match_items, budget=cfg.head_budget, ablation_positions=cfg.match_positions,
                        assignment="hungarian" if cfg.one_to_one else "nearest", seed=cfg.data_seed,
-                       num_threads=cfg.threads)
+                       num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)
     pairing = match(mcfg)
     return {"pairing": str(d / "pairing.json"), "n_pairs": len(pairing.pairs),
             "student_heads": [list(h) for h in pairing.student_heads],
@@ -153,7 +159,7 @@ def stage_cache(cfg: ExperimentConfig, teacher: str, data: dict, d: Path) -> dic
     from ..distill.teacher_cache import build_cache
 
     train = build_cache(CacheConfig(teacher=teacher, data=data["train"], out=str(d / "train"), heads="all",
-                                    num_threads=cfg.threads))
+                                    num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype))
     return {"train": str(train)}
 
 
@@ -163,7 +169,7 @@ def stage_cache_validation(cfg: ExperimentConfig, teacher: str, data: dict, d: P
     from ..distill.teacher_cache import build_cache
 
     return {"validation": str(build_cache(CacheConfig(teacher=teacher, data=data["validation"], out=str(d),
-                                                      heads="all", num_threads=cfg.threads)))}
+                                                      heads="all", num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)))}
 
 
 def stage_cache_interchange(cfg: ExperimentConfig, teacher: str, data: dict, pairing: str, d: Path) -> dict:
@@ -173,7 +179,7 @@ def stage_cache_interchange(cfg: ExperimentConfig, teacher: str, data: dict, pai
 
     return {"interchange": str(build_cache(CacheConfig(teacher=teacher, data=data["train"], out=str(d),
                                                        heads="paired", pairing=pairing, interchange_pairing=pairing,
-                                                       num_threads=cfg.threads)))}
+                                                       num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)))}
 
 
 def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, teacher: str, cache: dict,
@@ -189,15 +195,9 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
                          batch_size=cfg.batch_size, seed=seed, estimator=cfg.estimator,
                          interchange_cache=cache.get("interchange"), max_train_items=max_train_items,
                          eval_data=data["validation"], eval_teacher_cache=cache.get("validation"),
-                         eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items, num_threads=cfg.threads)
-    summary = train(dcfg, resume=True, progress=True)
-    model, tok = _load(student)
-    from safetensors.torch import load_model as load_weights
-
-    # the twin of the trainer's safetensors.save_model: it knows tied embeddings are stored once
-    load_weights(model, str(d / "weights.safetensors"), strict=True)
-    save_model_dir(model, tok, d / "model", {"name": f"experiment-{method}-s{seed}",
-                                             "distill": dcfg.model_dump(mode="json")})
+                         eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items, num_threads=cfg.threads,
+                         keep_checkpoints=cfg.keep_checkpoints, dtype=cfg.dtype)
+    summary = train(dcfg, resume=True, progress=True)  # writes the student to d/model (a HF checkpoint)
     return {"model": str(d / "model"), "log": str(d / "log.jsonl"), "trainable": summary["trainable"],
             "mean_step_time_s": summary["mean_step_time_s"],
             "heldout_alignment": _alignment_summary(summary.get("start_eval"), summary.get("final_eval"))}
@@ -227,12 +227,12 @@ def _circuit_eval(model, tok, items, heads, reference, batch_size, positions: st
 
 def stage_evaluate(cfg: ExperimentConfig, model_path: str, heads: list, data: dict, d: Path) -> dict:
     """Full and circuit-only accuracy on the test split, per item (for McNemar)."""
-    model, tok = _load(model_path)
+    model, tok = _load(model_path, cfg)
     test = load_items(data["test"])
     reference = load_items(data["validation"])[:MEAN_REFERENCE_ITEMS]
     full, circ = _circuit_eval(model, tok, test, heads, reference, cfg.test_batch_size, cfg.circuit_positions,
                                cfg.per_position_means)
-    write_json_atomic(d / "per_item.json", {"full": full, "circuit": circ})
+    write_json_atomic(d / "per_item.json", versioned("per-item", {"full": full, "circuit": circ}))
     acc_full, acc_circ = sum(full) / len(full), sum(circ) / len(circ)
     return {"per_item": str(d / "per_item.json"), "full": acc_full, "circuit": acc_circ,
             "circuit_ablation": {"positions": cfg.circuit_positions, "per_position_means": cfg.per_position_means},
@@ -244,7 +244,7 @@ def stage_random_control(cfg: ExperimentConfig, model_path: str, circuit: str, d
     means (64 validation items) and ablated positions as the circuit-only evaluation of every row."""
     from ..circuits.faithfulness import faithfulness_report
 
-    model, tok = _load(model_path)
+    model, tok = _load(model_path, cfg)
     test = load_items(data["test"])[:200]
     reference = load_items(data["validation"])[:MEAN_REFERENCE_ITEMS]
     rep = faithfulness_report(model, tok, test, circuit, n_random=cfg.n_random_sets, seed=cfg.data_seed,
@@ -261,8 +261,8 @@ def stage_mechanism(cfg: ExperimentConfig, student_path: str, teacher_path: str,
 
     items = load_items(data["test"])[: cfg.mechanism_items]
     val = load_items(data["validation"])[: cfg.match_items]
-    student, s_tok = _load(student_path)
-    teacher, t_tok = _load(teacher_path)
+    student, s_tok = _load(student_path, cfg)
+    teacher, t_tok = _load(teacher_path, cfg)
     sh, th = HookedLM(student, s_tok), HookedLM(teacher, t_tok)
     pairs_t = [(tuple(p[0]), tuple(p[1])) for p in pairs]
     inter = interchange_agreement(sh, th, items, pairs_t, n_random=max(1, cfg.n_random_sets), seed=cfg.data_seed)
@@ -300,7 +300,7 @@ def stage_side_effects(cfg: ExperimentConfig, model_path: str, d: Path) -> dict:
     from .side_effects import load_general_text, perplexity
 
     header, texts = load_general_text()
-    model, tok = _load(model_path)
+    model, tok = _load(model_path, cfg)
     return {"perplexity": perplexity(model, tok, texts), "n_texts": len(texts), "sample": header}
 
 
@@ -403,7 +403,7 @@ def start_run(cfg: ExperimentConfig, config_file: str, log=print) -> tuple[Path,
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / config_file, provenance(cfg.data_seed, cfg))
+    write_json_atomic(out / config_file, versioned("experiment-config", provenance(cfg.data_seed, cfg)))
     R = StageRunner(out, log=log)
     return out, R, prepare_stages(cfg, R, log)
 
@@ -473,7 +473,7 @@ def finish_run(cfg: ExperimentConfig, R: StageRunner, results: dict, t_start: fl
     results["timings"] = R.timings()
     results["wall_seconds"] = round(time.time() - t_start, 1)
     results["provenance"] = provenance(cfg.data_seed, cfg)
-    write_json_atomic(path, results)
+    write_json_atomic(path, versioned("experiment-results", results))
     write(results, path.parent)
     return results
 

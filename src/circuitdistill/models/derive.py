@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..utils import cache_home, provenance, sha256_json, write_json_atomic
+from ..utils import cache_home, provenance, sha256_json, versioned, write_json_atomic
 from . import registry
 from .heal import HealConfig, heal
 from .prune import angular_distances, check_drop, least_important_block, parse_layer_spec, prune_layers
@@ -139,7 +139,7 @@ def derive(cfg: DeriveConfig, texts: Sequence[str] | None = None, resume: bool =
     }
     student.config.circuitdistill_name = cfg.name
     out = registry.save_derived(student, tok, cfg.name, record)
-    write_json_atomic(run_dir / "record.json", {**record, "saved_to": str(out)})
+    write_json_atomic(run_dir / "record.json", versioned("derive-record", {**record, "saved_to": str(out)}))
     return {**record, "saved_to": str(out)}
 
 

@@ -163,7 +163,7 @@ class HookedLM:
             detach: bool = False, **forward_kwargs):
         """One forward pass under hooks; returns (model output, recording)."""
         with self.hooks(record, interventions, detach) as rec:
-            out = self.model(**inputs, **forward_kwargs)
+            out = self.model(**on_model_device(inputs, self.model), **forward_kwargs)
         return out, rec
 
     # ---- internals ---------------------------------------------------------------------------
@@ -331,6 +331,17 @@ def _apply(act: torch.Tensor, ivs: list[Intervention]) -> torch.Tensor:
 
 
 @torch.no_grad()
+def model_device(model) -> torch.device:
+    """Where the model's (first) parameters live: inputs a sweep builds go there."""
+    return next(model.parameters()).device
+
+
+def on_model_device(inputs: dict, model) -> dict:
+    """``inputs`` with every tensor moved to the model's device (other values, e.g. a KV cache, as they are)."""
+    device = model_device(model)
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
 def compute_means(hooked: HookedLM, batches: Iterable[dict], hooks: Sequence[str], per_position: bool = False
                   ) -> dict[str, torch.Tensor]:
     """Mean activation of each hook over a reference dataset, ignoring padding.
@@ -342,7 +353,7 @@ def compute_means(hooked: HookedLM, batches: Iterable[dict], hooks: Sequence[str
     counts: dict[str, torch.Tensor] = {}
     for batch in batches:
         with hooked.hooks(record=hooks, detach=True) as rec:
-            hooked.model(**batch)
+            hooked.model(**on_model_device(batch, hooked.model))
         mask = batch.get("attention_mask")
         for name in hooks:
             act = rec[name].double()

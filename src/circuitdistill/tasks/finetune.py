@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal, Sequence
@@ -21,8 +20,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from ..utils import (UserError, batch_indices, optimizer_step, provenance, sha256_file, sha256_json,  # noqa: F401
-                     write_json_atomic)
+from ..utils import (UserError, batch_indices, make_temp_dir, optimizer_step, provenance,  # noqa: F401
+                     set_open_modes_below, sha256_file, sha256_json, versioned, write_json_atomic)
 from .batching import encode_items
 from .schema import TaskItem
 from .scoring import evaluate, forward_inputs
@@ -47,6 +46,8 @@ class FinetuneConfig(BaseModel):
     checkpoint_every: int = Field(25, ge=1)
     seed: int = 0
     threads: int = Field(2, ge=1, le=256)
+    keep_checkpoints: bool = Field(False, description="keep the run dir's checkpoint/ (weights + optimizer state) "
+                                   "once the model is saved")
 
 
 def final_position_loss(model, batch: dict) -> torch.Tensor:
@@ -70,12 +71,13 @@ def save_checkpoint(run_dir: Path, model, opt, state: dict) -> None:
     from safetensors.torch import save_model
 
     current, old = _ckpt_dirs(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.new-", dir=run_dir))
+    tmp = make_temp_dir(".checkpoint.new-", run_dir)
     try:
         save_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) weights
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         write_json_atomic(tmp / "state.json", state)
         write_json_atomic(tmp / MANIFEST, {name: sha256_file(tmp / name) for name in CHECKPOINT_FILES})
+        set_open_modes_below(tmp)
         if current.exists():
             shutil.rmtree(old, ignore_errors=True)
             current.rename(old)
@@ -140,7 +142,8 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
         model, tokenizer = registry.load_model(cfg.base)
     train_items, val_items = list(train_items), list(val_items)[: cfg.eval_items]
     data_hash = sha256_json([[it.prompt, it.answer] for it in train_items] + [[it.prompt, it.answer] for it in val_items])
-    config_hash = sha256_json({"config": cfg.model_dump(mode="json", exclude={"max_steps", "target", "threads"}),
+    config_hash = sha256_json({"config": cfg.model_dump(mode="json", exclude={"max_steps", "target", "threads",
+                                                                         "keep_checkpoints"}),
                                "data": data_hash})
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_checkpoint(run_dir, model, opt, config_hash) if resume else None
@@ -215,11 +218,21 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
         "description": f"{cfg.mode} fine-tune of {cfg.base} on {cfg.task}: {step} steps, val acc "
                        f"{evals[-1]['val_accuracy']:.3f}" if evals else "",
     }
-    write_json_atomic(run_dir / "record.json", record)
+    write_json_atomic(run_dir / "record.json", versioned("finetune-record", record))
     if save and save_to is not None:
         record["saved_to"] = str(registry.save_model_dir(model, tokenizer, Path(save_to), record, overwrite=overwrite))
-        write_json_atomic(run_dir / "record.json", record)
+        write_json_atomic(run_dir / "record.json", versioned("finetune-record", record))
     elif save:
         record["saved_to"] = str(registry.save_derived(model, tokenizer, cfg.name, record))
-        write_json_atomic(run_dir / "record.json", record)
+        write_json_atomic(run_dir / "record.json", versioned("finetune-record", record))
+    if save:  # the run dir's own copy, a Hugging Face checkpoint like every training command's OUT/model
+        registry.save_model_dir(model, tokenizer, run_dir / "model", record)
+        if not cfg.keep_checkpoints:
+            drop_checkpoint(run_dir)
     return record
+
+
+def drop_checkpoint(run_dir: str | Path) -> None:
+    """Delete a finished run's checkpoint (its model is saved elsewhere; the optimizer state is 2x the model)."""
+    for d in _ckpt_dirs(Path(run_dir)):
+        shutil.rmtree(d, ignore_errors=True)

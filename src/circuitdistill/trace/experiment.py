@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
-from ..utils import provenance, seed_everything, sha256_json, write_json_atomic, write_text_atomic
+from ..utils import provenance, seed_everything, sha256_json, versioned, write_json_atomic, write_text_atomic
 from .io import append_jsonl, compact_jsonl, read_done, read_jsonl
 
 # Distinct system-prompt "personas" of one model. They are NOT different teachers: a persona teacher is the
@@ -329,7 +329,8 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
     if len(teachers) < 2:
         raise RuntimeError(f"only {len(teachers)} teacher(s) available ({teachers}); need 2. Missing: {missing}")
     train_rows, test_rows = load_instructions(cfg)
-    write_json_atomic(out / "config.json", provenance(cfg.seed, cfg, teachers_used=teachers, teachers_missing=missing))
+    write_json_atomic(out / "config.json", versioned("trace-experiment-config", provenance(
+        cfg.seed, cfg, teachers_used=teachers, teachers_missing=missing)))
 
     teacher_texts: dict[str, list[dict]] = {}
     if "teachers" in cfg.stages or "students" in cfg.stages or "trace" in cfg.stages:
@@ -386,5 +387,5 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
         result.update(experiment_report(cfg, teachers, teacher_texts, student_texts, out))
         _tick("trace", t0)
         result["timings_s"] = timings
-        write_json_atomic(out / "report.json", {**result, "provenance": provenance(cfg.seed, cfg)})
+        write_json_atomic(out / "report.json", versioned("trace-report", {**result, "provenance": provenance(cfg.seed, cfg)}))
     return result

