@@ -89,3 +89,13 @@ def test_tiny_experiment_in_bf16_on_cpu(tiny_pair, tmp_path, monkeypatch):
     assert json.loads((model_dir / "config.json").read_text())["dtype"] == "bfloat16"
     log = [json.loads(l) for l in next((tmp_path / "run" / "stages").glob("train-*/log.jsonl")).read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
+
+
+def test_stage_keys_separate_dtypes_and_keep_float32_keys():
+    from circuitdistill.experiment.config import preset
+    from circuitdistill.experiment.runner import models_key
+
+    fp32, bf16 = preset("tiny", dtype="fp32"), preset("tiny", dtype="bf16")
+    assert models_key(bf16) != models_key(fp32)  # a bf16 run never reuses float32 stages
+    assert "dtype" not in models_key(fp32)  # float32 keys are those of runs made before the dtype option
+    assert models_key(preset("tiny", dtype="fp32", device="cpu")) == models_key(preset("tiny", dtype="auto", device="cpu"))

@@ -15,7 +15,7 @@ import torch
 
 from ..distill.methods import HEAD_ONLY, METHODS, fields_read, term_names
 from ..models.hooks import HookedLM
-from ..models.registry import BUILTINS, load_model, prepare, resolve, save_model_dir
+from ..models.registry import BUILTINS, load_model, prepare, resolve, resolve_device, resolve_dtype, save_model_dir
 from ..tasks.io import load_items, save_items
 from ..tasks.schema import TaskItem
 from ..utils import provenance, versioned, write_json_atomic
@@ -334,6 +334,15 @@ def eval_key(cfg: ExperimentConfig) -> dict:
     return _pick(cfg, "circuit_positions", "per_position_means", "n_test", "test_batch_size")
 
 
+def models_key(cfg: ExperimentConfig) -> dict:
+    """The models stage's key, which every later stage inherits: the model references and, unless it is float32,
+    the dtype the models compute in (a bf16 run never reuses a float32 run's stages; the device only changes
+    rounding, so a run moved between devices keeps its cache)."""
+    dtype = resolve_dtype(cfg.dtype, resolve_device(cfg.device))
+    return {**_pick(cfg, "teacher_base", "student_base", "teacher", "student"),
+            **({} if dtype == torch.float32 else {"dtype": str(dtype)})}
+
+
 def prepare_stages(cfg: ExperimentConfig, R: StageRunner, log=print) -> dict:
     """Every stage before training: models, data, teacher, circuit, teacher caches, students and pairings."""
     pick = lambda *keys: _pick(cfg, *keys)  # noqa: E731
@@ -342,8 +351,8 @@ def prepare_stages(cfg: ExperimentConfig, R: StageRunner, log=print) -> dict:
     for ref in (cfg.teacher_base, cfg.student_base, cfg.teacher, cfg.student):
         if ref in BUILTINS:
             prepare(ref)
-    models = R.run("models", pick("teacher_base", "student_base", "teacher", "student"),
-                   lambda d: stage_models(cfg), content=pick("teacher_base", "student_base", "teacher", "student")).outputs
+    models = R.run("models", models_key(cfg), lambda d: stage_models(cfg),
+                   content=pick("teacher_base", "student_base", "teacher", "student")).outputs
     data = R.run("data", pick("task", "boxes", "n_train", "n_validation", "n_test", "data_seed"),
                  lambda d: stage_data(cfg, models, d), deps=("models",)).outputs
     teacher = R.run("teacher", pick("teacher_steps", "teacher_target", "threads"),
