@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Optional
 
 import typer
 from pydantic import ValidationError
+
+from ..tasks.warmup import WARMUP_BOXES, WARMUP_LR, WARMUP_TEMPLATE, vocab_of, warmup_items
 
 TASKS = ("entity-tracking", "tom")
 SHORT = {"entity-tracking": "et", "tom": "tom"}
@@ -51,44 +52,6 @@ def _load_or_make(task, tok, boxes, seed, train: Path | None, validation: Path |
     if validation:
         info["validation_file"] = str(validation)
     return tr, va, info
-
-
-def _vocab_of(items) -> set[str]:
-    out = set()
-    for it in items:
-        for w in [it.answer, it.corrupted_answer, *(it.candidates or [])]:
-            if w:
-                out.add(w.strip())
-    return out
-
-
-# The warm-up recipe that reached the 0.5 target (docs/tasks.md). The "crate" wording on 2-4 boxes transferred far
-# too slowly (0.26 after 15 steps; the first demo run sat below 0.5 for 90+ steps), so both `warmup` and the
-# experiment use this one.
-WARMUP_LR = 2e-5
-WARMUP_BOXES = (3, 4, 5)
-WARMUP_TEMPLATE = {"entity-tracking": "prakash", "tom": "alt"}
-
-
-def warmup_items(task: str, tok, seed: int, n: int, avoid: set[str], boxes: list[int], template: str):
-    """The related-but-distinct variant the warm student trains on (vocabulary disjoint from ``avoid``)."""
-    if task == "entity-tracking":
-        from ..tasks import entity_tracking as et
-
-        vocab = [w for w in et.object_vocab([tok]) if w not in avoid]
-        items = []
-        for k, b in enumerate(boxes):
-            items += et.generate(n // len(boxes), b, seed * 1000 + 500 + k, [tok], corruption="all",
-                                 template=template, objects=vocab, split="warmup",
-                                 extra_meta={"variant": "warmup"})
-        random.Random(seed).shuffle(items)
-        return items, {"objects": len(vocab), "boxes": boxes, "template": template}
-    from ..tasks import tom
-
-    states = [w for w in tom.state_vocab([tok]) if w not in avoid]
-    items = tom.generate(n, seed * 1000 + 500, [tok], template=template, states=states, split="warmup",
-                         extra_meta={"variant": "warmup"})
-    return items, {"states": len(states), "template": template}
 
 
 def _common_cfg(**kw):
@@ -222,9 +185,9 @@ def warmup_cmd(
         tok = load_tokenizer(base)
         _check_user_files(tok, validation)
         _, va, info = _load_or_make(task, tok, boxes, seed, None, validation, run_dir, need_train=False)
-        avoid_words = _vocab_of(va)
+        avoid_words = vocab_of(va)
         for p in avoid:
-            avoid_words |= _vocab_of(load_items(p))
+            avoid_words |= vocab_of(load_items(p))
         tr, variant = warmup_items(task, tok, seed, n_train, avoid_words, wb, template)
     except (ValidationError, TaskFileError, ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
+from ..circuits.discover import DiscoverConfig, run_discover
 from ..distill.methods import HEAD_ONLY, METHODS, fields_read, term_names
 from ..models.hooks import HookedLM
 from ..models.registry import BUILTINS, load_model, prepare, resolve, save_model_dir
 from ..tasks.io import load_items, save_items
-from ..tasks.schema import TaskItem
+from ..tasks.warmup import WARMUP_BOXES, WARMUP_LR, WARMUP_TEMPLATE, vocab_of, warmup_items
 from ..utils import provenance, write_json_atomic
 from .config import ExperimentConfig
 from .stages import StageRunner
@@ -95,19 +96,15 @@ def stage_teacher(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> d
 
 
 def _warm_recipe() -> dict:
-    from ..cli.train_task import WARMUP_BOXES, WARMUP_LR, WARMUP_TEMPLATE
-
     return {"warm_lr": WARMUP_LR, "warm_boxes": list(WARMUP_BOXES), "warm_template": WARMUP_TEMPLATE}
 
 
 def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> dict:
     """The `circuitdistill warmup` recipe: fewer boxes, other wording, objects disjoint from validation/test."""
-    from ..cli.train_task import _vocab_of, warmup_items
-
     recipe = _warm_recipe()
     tok = _tokenizer(models["student_base"])
     val, test = load_items(data["validation"]), load_items(data["test"])
-    avoid = _vocab_of(val) | _vocab_of(test)
+    avoid = vocab_of(val) | vocab_of(test)
     boxes = [b for b in recipe["warm_boxes"] if b < cfg.boxes] or [2]
     items, variant = warmup_items(cfg.task, tok, cfg.data_seed, max(cfg.n_train, 64), avoid, boxes,
                                   recipe["warm_template"][cfg.task])
@@ -120,8 +117,6 @@ def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path)
 
 def stage_discover(cfg: ExperimentConfig, teacher_path: str, data: dict, d: Path) -> dict:
     """The teacher's circuit on validation items (never the test split), via `circuitdistill discover`."""
-    from ..cli.discover import DiscoverConfig, run_discover
-
     n_heads = HookedLM(_load(teacher_path)[0]).shape.n_total_heads
     top_n = max(1, round(cfg.circuit_share * n_heads))
     dcfg = DiscoverConfig(model=teacher_path, data=Path(data["validation"]), method=cfg.discovery_method,
