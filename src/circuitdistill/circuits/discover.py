@@ -7,19 +7,18 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..models import registry
 from ..models.hooks import HookedLM
 from ..tasks.io import load_items
 from ..utils import UserError, provenance, sha256_file, write_json_atomic, write_text_atomic
-from .ablation import baseline
-from .attribution import attribution_patching
-from .circuit import Circuit, CircuitGroup, CircuitHead
+from .circuit import Circuit
 from .faithfulness import faithfulness_report, format_report
-from .patching import activation_patching, relative_scores
-from .path_patching import path_patching
+from .method_registry import get_method, method_names
 from .plots import score_heatmap
+
+DIFFERENTIABLE = ("logprob", "logit_diff")
 
 
 class DiscoverConfig(BaseModel):
@@ -27,7 +26,7 @@ class DiscoverConfig(BaseModel):
 
     model: str
     data: Path
-    method: Literal["activation", "path", "attribution"] = "activation"
+    method: str = Field("activation", description="a registered discovery method (circuits/method_registry.py)")
     ablation: Optional[Literal["mean", "zero", "resample", "corrupted"]] = None
     positions: Literal["final", "all"] = "final"
     metric: Literal["logprob", "logit_diff", "accuracy", "candidate_accuracy"] = "logprob"
@@ -49,32 +48,47 @@ class DiscoverConfig(BaseModel):
     threads: int = Field(2, ge=1)
     out: Path
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        get_method(method)
+        return method
+
     @model_validator(mode="after")
     def _check(self) -> "DiscoverConfig":
         if self.top_n is not None and self.threshold is not None:
             raise ValueError("give --top-n or --threshold, not both")
-        if self.method == "attribution" and self.metric not in ("logprob", "logit_diff"):
-            raise ValueError("--method attribution needs a differentiable --metric: logprob or logit_diff")
-        if self.method == "attribution" and self.ablation == "resample":
-            raise ValueError("--method attribution supports --ablation corrupted, mean or zero")
-        if self.method != "attribution" and (self.verify or self.qk_fix or self.grad_drop):
-            raise ValueError("--verify, --qk-fix and --grad-drop belong to --method attribution")
-        if self.ig_steps and (self.qk_fix or self.grad_drop):
-            raise ValueError("--ig-steps and the AtP* fixes (--qk-fix, --grad-drop) are alternatives; pick one")
-        if self.verify is not None and self.top_n is not None and self.top_n > self.verify:
-            raise ValueError(f"--top-n {self.top_n} is more than the {self.verify} heads --verify re-scores")
-        if self.method == "path" and self.ablation == "resample":
-            raise ValueError("--method path supports --ablation corrupted, mean or zero")
+        m = get_method(self.method)
+        if m.needs_gradients and self.metric not in DIFFERENTIABLE:
+            raise ValueError(f"--method {m.name} needs a differentiable --metric: {_one_of(DIFFERENTIABLE)}")
+        if self.ablation is not None and self.ablation not in m.ablations:
+            raise ValueError(f"--method {m.name} supports --ablation {_one_of(m.ablations)}")
+        flags = {"verify": self.verify, "qk_fix": self.qk_fix, "grad_drop": self.grad_drop}
+        if any(v and f not in m.flags for f, v in flags.items()):
+            owners = [n for n in method_names() if get_method(n).flags & set(flags)]
+            raise ValueError(f"--verify, --qk-fix and --grad-drop belong to --method {_one_of(owners)}")
+        m.check(self)
         return self
+
+
+def _one_of(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def default_ablation(method: str, items) -> str:
+    """Corrupted prompts when every item has one, else mean ablation; the method's first choice if it has neither."""
+    preferred = "corrupted" if all(it.corrupted_prompt is not None for it in items) else "mean"
+    supported = get_method(method).ablations
+    return preferred if preferred in supported else supported[0]
 
 
 def run_discover(cfg: DiscoverConfig, progress: bool = True):
     """Python entry point of the command: returns (Circuit, summary text); files go under cfg.out."""
     torch.set_num_threads(cfg.threads)
     items = load_items(cfg.data)[: cfg.n_items]
-    has_corr = all(it.corrupted_prompt is not None for it in items)
-    ablation = cfg.ablation or ("corrupted" if has_corr else "mean")
-    if ablation == "corrupted" and not has_corr:
+    ablation = cfg.ablation or default_ablation(cfg.method, items)
+    if ablation == "corrupted" and not all(it.corrupted_prompt is not None for it in items):
         bad = [i for i, it in enumerate(items) if it.corrupted_prompt is None][:5]
         raise ValueError(f"{cfg.data}: --ablation corrupted needs corrupted_prompt on every item (missing on items "
                          f"{bad}); use --ablation mean")
@@ -87,49 +101,23 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
     if top_n is None and threshold is None:
         top_n = max(1, math.ceil(0.1 * s.n_total_heads))
     t0 = time.perf_counter()
-    groups = []
-    base = {}
-    if cfg.method == "activation":
-        res = activation_patching(hooked, items, cfg.metric, replacement=ablation, positions=cfg.positions,
-                                  batch_size=cfg.batch_size, seed=cfg.seed, progress=progress,
-                                  rows_per_pass=cfg.rows_per_pass)
-        scores = res.scores
-        base = {"clean": res.reference, **({"corrupted": res.other} if res.other is not None else {})}
-    elif cfg.method == "attribution":
-        est = attribution_patching(hooked, items, cfg.metric, replacement=ablation, positions=cfg.positions,
-                                   ig_steps=cfg.ig_steps, batch_size=cfg.batch_size, progress=progress,
-                                   qk_fix=cfg.qk_fix, grad_drop=cfg.grad_drop, rows_per_pass=cfg.rows_per_pass)
-        clean = baseline(hooked, items, cfg.metric, cfg.batch_size)
-        scores = relative_scores(est + clean, clean)
-        base = {"clean": clean}
-        if cfg.verify:  # the circuit is chosen among the top K by exact scores; the rest stay unmeasured (NaN)
-            scores = verified_scores(hooked, items, cfg, ablation, scores, progress)
-    else:
-        pp = path_patching(hooked, items, cfg.metric, replacement=ablation, levels=cfg.levels, top_k=cfg.per_level,
-                           threshold=cfg.threshold, components=cfg.components, batch_size=min(cfg.batch_size, 8),
-                           rows_per_pass=cfg.rows_per_pass, progress=progress)
-        scores = pp.union_scores((s.n_layers, s.n_heads))
-        base = {"clean": pp.clean}
-        groups = [CircuitGroup(level=g.level, component=g.component, receivers=g.receivers,
-                               heads=[CircuitHead(layer=l, head=h, score=sc) for l, h, sc in g.heads])
-                  for g in pp.groups]
-        top_n, threshold = None, 0.0  # the circuit is the union of the groups
+    res = get_method(cfg.method).run(hooked, items, cfg, ablation, progress)
+    if res.own_selection:
+        top_n, threshold = None, 0.0  # every head the method picked
     wall = time.perf_counter() - t0
     meta = registry.resolve(cfg.model)
     circuit = Circuit.from_scores(
-        scores, top_n=top_n, threshold=threshold, method=cfg.method, metric=cfg.metric, ablation=ablation,
+        res.scores, top_n=top_n, threshold=threshold, method=cfg.method, metric=cfg.metric, ablation=ablation,
         positions=cfg.positions, data_sha256=sha256_file(cfg.data), n_items=len(items),
         model={"name": cfg.model, "path": meta, "model_type": model.config.model_type, "n_layers": s.n_layers,
                "n_heads": s.n_heads, "n_kv_heads": s.n_kv_heads},
-        seed=cfg.seed, config=cfg.model_dump(mode="json"), baseline=base, groups=groups, timing_s=round(wall, 3))
-    if cfg.verify:
-        circuit.selection["verify"] = cfg.verify
-    if cfg.method == "path":
-        circuit.selection = {"per_level": cfg.per_level, "levels": cfg.levels, "threshold": cfg.threshold}
-        circuit.scores = [[None if math.isnan(v) else v for v in row]
-                          for row in pp.level0_scores().tolist()]  # full grid: level-0 direct effects
+        seed=cfg.seed, config=cfg.model_dump(mode="json"), baseline=res.baseline, groups=res.groups,
+        timing_s=round(wall, 3))
+    circuit.selection.update(res.selection)
+    if res.grid is not None:
+        circuit.scores = [[None if math.isnan(v) else v for v in row] for row in res.grid.tolist()]
     if circuit.n_heads == 0:
-        best = float(scores.abs().nan_to_num(0.0).max())
+        best = float(res.scores.abs().nan_to_num(0.0).max())
         raise UserError(f"no head reached --threshold {threshold} (the largest |score| is {best:.4g}); lower it "
                         f"or use --top-n; no circuit was written")
     out = cfg.out
@@ -146,17 +134,3 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
         summary += format_report(rep) + "\n"
     write_text_atomic(out / "summary.txt", summary)
     return circuit, summary
-
-
-def verified_scores(hooked, items, cfg: DiscoverConfig, ablation: str, estimated, progress: bool):
-    """Exact activation-patching scores for the ``cfg.verify`` heads with the largest |estimated| score; NaN elsewhere."""
-    flat = estimated.flatten().abs().nan_to_num(-1.0)
-    n_heads = estimated.shape[1]
-    top = [(int(i) // n_heads, int(i) % n_heads) for i in flat.argsort(descending=True)[: cfg.verify]]
-    res = activation_patching(hooked, items, cfg.metric, replacement=ablation, positions=cfg.positions, heads=top,
-                              batch_size=cfg.batch_size, seed=cfg.seed, progress=progress,
-                              rows_per_pass=cfg.rows_per_pass)
-    out = torch.full_like(estimated, float("nan"))
-    for l, h in top:
-        out[l, h] = res.scores[l, h]
-    return out

@@ -18,7 +18,7 @@ from ..utils import UserError
 def discover_cmd(
     model: str = typer.Option(..., help="model name (built-in, derived, or a local HF directory)"),
     data: Path = typer.Option(..., help="task items, JSONL (circuitdistill data ...)"),
-    method: str = typer.Option("activation", help="activation | path | attribution"),
+    method: str = typer.Option("activation", help="a registered discovery method: activation | path | attribution"),
     ablation: Optional[str] = typer.Option(None, help="mean | zero | resample | corrupted (default: corrupted when "
                                                        "every item has a corrupted_prompt, else mean)"),
     positions: str = typer.Option("final", help="final | all: where a head's output is replaced"),

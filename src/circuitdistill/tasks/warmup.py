@@ -1,43 +1,71 @@
-"""The warm student's recipe: a related but distinct task variant whose vocabulary avoids the real splits'.
+"""What the teacher and the warm student fine-tune on: the real task's splits (given files or generated) and the
+warm-up recipe, a related but distinct task variant whose vocabulary avoids the real splits'.
 
 The recipe reached the 0.5 target (docs/tasks.md); `circuitdistill warmup` and the experiment both use it.
 """
 from __future__ import annotations
 
-import random
-from typing import Iterable
+from pathlib import Path
+from typing import Iterable, Sequence
 
-from . import entity_tracking as et
-from . import tom
+from .io import load_items, save_items
+from .registry import answer_words, get_task, task_names
 from .schema import TaskItem
 
 WARMUP_LR = 2e-5
-WARMUP_BOXES = (3, 4, 5)
-WARMUP_TEMPLATE = {"entity-tracking": "prakash", "tom": "alt"}
+WARMUP_BOXES = (3, 4, 5)  # the variant's sizes (entity tracking: boxes), those below the real task's
 
 
-def vocab_of(items: Iterable[TaskItem]) -> set[str]:
-    """Every answer, corrupted answer and candidate word of ``items`` (stripped): what the warm-up must avoid."""
-    out = set()
-    for it in items:
-        for w in [it.answer, it.corrupted_answer, *(it.candidates or [])]:
-            if w:
-                out.add(w.strip())
-    return out
+def warmup_templates() -> dict[str, str]:
+    """Every registered task's warm-up wording, by task name."""
+    return {name: get_task(name).warmup_template for name in task_names()}
 
 
-def warmup_items(task: str, tok, seed: int, n: int, avoid: set[str], boxes: list[int], template: str):
+def vocab_of(items: Iterable[TaskItem], task: str | None = None) -> set[str]:
+    """The words of ``items`` a warm-up must avoid (answers, corrupted answers, candidates)."""
+    return get_task(task).answer_words(items) if task else answer_words(items)
+
+
+def warmup_items(task: str, tok, seed: int, n: int, avoid: set[str], sizes: Sequence[int], template: str):
     """The related-but-distinct variant the warm student trains on (vocabulary disjoint from ``avoid``)."""
-    if task == "entity-tracking":
-        vocab = [w for w in et.object_vocab([tok]) if w not in avoid]
-        items = []
-        for k, b in enumerate(boxes):
-            items += et.generate(n // len(boxes), b, seed * 1000 + 500 + k, [tok], corruption="all",
-                                 template=template, objects=vocab, split="warmup",
-                                 extra_meta={"variant": "warmup"})
-        random.Random(seed).shuffle(items)
-        return items, {"objects": len(vocab), "boxes": boxes, "template": template}
-    states = [w for w in tom.state_vocab([tok]) if w not in avoid]
-    items = tom.generate(n, seed * 1000 + 500, [tok], template=template, states=states, split="warmup",
-                         extra_meta={"variant": "warmup"})
-    return items, {"states": len(states), "template": template}
+    return get_task(task).warmup_items(tok, seed, n, avoid, list(sizes), template)
+
+
+def real_task_data(task: str, tok, size: int, seed: int, train: Path | None, validation: Path | None,
+                   run_dir: Path, need_train: bool) -> tuple[list[TaskItem] | None, list[TaskItem], dict]:
+    """(train, validation, file info): the given files, or the real task's splits generated with held-out vocabulary
+    for validation (2000 train, 500 validation) and saved in ``run_dir``."""
+    info = {}
+    tr = load_items(train) if (train and need_train) else None
+    va = load_items(validation) if validation else None
+    if (need_train and tr is None) or va is None:
+        gen = get_task(task).real_splits(2000 if need_train and tr is None else 0, 500 if va is None else 0, 0,
+                                         seed, [tok], size=size)
+        if need_train and tr is None:
+            tr = gen["train"]
+            save_items(run_dir / "data_train.jsonl", tr)
+            info["train_file"] = str(run_dir / "data_train.jsonl")
+        if va is None:
+            va = gen["validation"]
+            save_items(run_dir / "data_validation.jsonl", va)
+            info["validation_file"] = str(run_dir / "data_validation.jsonl")
+    if train and need_train:
+        info["train_file"] = str(train)
+    if validation:
+        info["validation_file"] = str(validation)
+    return tr, va, info
+
+
+def warmup_data(task: str, tok, size: int, seed: int, validation: Path | None, avoid_files: Sequence[Path],
+                n_train: int, sizes: Sequence[int], template: str | None, run_dir: Path):
+    """(warm-up items, real-task validation items, file info): the variant avoids the words of the validation set
+    and of ``avoid_files``; the items are saved in ``run_dir``."""
+    _, va, info = real_task_data(task, tok, size, seed, None, validation, run_dir, need_train=False)
+    avoid = vocab_of(va, task)
+    for p in avoid_files:
+        avoid |= vocab_of(load_items(p), task)
+    tr, variant = warmup_items(task, tok, seed, n_train, avoid, sizes, template or get_task(task).warmup_template)
+    save_items(run_dir / "data_warmup.jsonl", tr)
+    info.update({"warmup_file": str(run_dir / "data_warmup.jsonl"), "variant": variant, "avoided_words": len(avoid),
+                 "avoid_files": [str(p) for p in avoid_files]})
+    return tr, va, info
