@@ -14,8 +14,16 @@ from typing import Any, Callable, Literal, get_args, get_origin
 
 import typer
 
+from .. import preflight
+from ..distill import trainer
 from ..distill.config import HEAD_ONLY, CacheConfig, DistillConfig, MatchConfig, load_config
+from ..distill.losses import VocabularyMismatch
+from ..distill.matching import match
+from ..distill.teacher_cache import build_cache
+from ..models.registry import check_derived_name
 from ..output_dirs import is_main_process, prepare_output_dir
+from ..preflight import check_pairing, model_shape
+from ..tasks.io import load_items
 from ..utils import UserError
 
 _SKIP = {"betas"}  # only settable through --config
@@ -85,10 +93,6 @@ def _fail(e: Exception) -> None:
 
 def check_distill_inputs(cfg: DistillConfig) -> None:
     """Everything about a distill run that can be wrong before training starts."""
-    from .. import preflight
-    from ..models.registry import check_derived_name
-    from ..tasks.io import load_items
-
     if cfg.teacher is not None and cfg.teacher_cache is not None:
         raise UserError("give --teacher (run live) or --teacher-cache (precomputed), not both")
     if cfg.pairing is not None and cfg.method not in HEAD_ONLY:
@@ -105,13 +109,10 @@ def check_distill_inputs(cfg: DistillConfig) -> None:
 
 
 def _prepare_run_dir(cfg: DistillConfig, resume: bool, overwrite: bool) -> None:
-    from .. import preflight
-    from ..distill.trainer import CHECKPOINT
-
     out = prepare_output_dir(cfg.out, overwrite=overwrite, resume=resume, resume_flag="--resume",
-                             legacy_artifacts=(CHECKPOINT, "log.jsonl"))
+                             legacy_artifacts=(trainer.CHECKPOINT, "log.jsonl"))
     if overwrite and not resume:
-        (out / CHECKPOINT).unlink(missing_ok=True)
+        (out / trainer.CHECKPOINT).unlink(missing_ok=True)
     prints = preflight.input_fingerprints({"data": cfg.data, "student": cfg.student, "teacher": cfg.teacher,
                                            "teacher_cache": cfg.teacher_cache, "pairing": cfg.pairing})
     preflight.check_resume_inputs(out, prints, resume)
@@ -137,14 +138,11 @@ def _interrupted(cfg: DistillConfig) -> str:
 def _distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False):
     """Train a student with one method: a weighted list of loss terms (see --method). Writes config.json,
     log.jsonl, loss.png, checkpoint.pt, summary.json to --out."""
-    from ..distill.losses import VocabularyMismatch
-    from ..distill.trainer import train
-
     check_distill_inputs(cfg)
     if is_main_process():
         _prepare_run_dir(cfg, resume, overwrite)
     try:
-        summary = train(cfg, resume=resume)
+        summary = trainer.train(cfg, resume=resume)
     except (VocabularyMismatch, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -161,13 +159,8 @@ def _distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False):
 
 def _cache(cfg: CacheConfig, overwrite: bool = False):
     """Run the teacher once over the data; store labels, top-k logits and head outputs (safetensors)."""
-    from ..distill.teacher_cache import build_cache
-    from ..tasks.io import load_items
-
     load_items(cfg.data)
     if cfg.pairing is not None:
-        from ..preflight import check_pairing
-
         check_pairing(cfg.pairing, None, teacher=cfg.teacher)
     if is_main_process():
         prepare_output_dir(cfg.out, overwrite=overwrite, legacy_artifacts=("meta.json",))
@@ -180,13 +173,8 @@ def _cache(cfg: CacheConfig, overwrite: bool = False):
 
 def _match(cfg: MatchConfig, overwrite: bool = False):
     """Pair student heads with the teacher circuit's heads (ablation-effect distance or activation CKA)."""
-    from ..distill.matching import match
-    from ..tasks.io import load_items
-
     load_items(cfg.data)
     if cfg.budget >= 1:
-        from ..preflight import model_shape
-
         n_layers, n_heads = model_shape(cfg.student)
         if cfg.budget > n_layers * n_heads:
             raise UserError(f"--budget {cfg.budget:g} is more than the {n_layers * n_heads} heads of {cfg.student}")

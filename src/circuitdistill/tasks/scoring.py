@@ -18,6 +18,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..models.hooks import HookedLM
 from . import metrics as M
 from .batching import encode_items, model_inputs
 from .schema import TaskItem
@@ -134,8 +135,6 @@ def evaluate(model, tokenizer, items: Sequence[TaskItem], batch_size: int = 32, 
     was_training = model.training
     model.eval()
     if interventions is not None and hooked is None:
-        from ..models.hooks import HookedLM
-
         hooked = HookedLM(model, tokenizer)
     has_corr = all(it.corrupted_answer is not None for it in items)
     acc, cacc, lp, ld = [], [], [], []
