@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..models import registry
 from ..models.hooks import HookedLM
@@ -15,7 +15,7 @@ from ..tasks.io import load_items
 from ..utils import UserError, provenance, sha256_file, write_json_atomic, write_text_atomic
 from .circuit import Circuit
 from .faithfulness import faithfulness_report, format_report
-from .method_registry import get_method, method_names
+from .method_registry import MethodName, get_method, method_names
 from .plots import score_heatmap
 
 DIFFERENTIABLE = ("logprob", "logit_diff")
@@ -26,7 +26,8 @@ class DiscoverConfig(BaseModel):
 
     model: str
     data: Path
-    method: str = Field("activation", description="a registered discovery method (circuits/method_registry.py)")
+    method: MethodName = Field("activation", description="a registered discovery method "
+                               "(circuits/method_registry.py)")
     ablation: Optional[Literal["mean", "zero", "resample", "corrupted"]] = None
     positions: Literal["final", "all"] = "final"
     metric: Literal["logprob", "logit_diff", "accuracy", "candidate_accuracy"] = "logprob"
@@ -47,12 +48,6 @@ class DiscoverConfig(BaseModel):
     faithfulness_positions: Literal["all", "final"] = "all"
     threads: int = Field(2, ge=1)
     out: Path
-
-    @field_validator("method")
-    @classmethod
-    def _registered(cls, method: str) -> str:
-        get_method(method)
-        return method
 
     @model_validator(mode="after")
     def _check(self) -> "DiscoverConfig":

@@ -12,17 +12,16 @@ A method can also be registered from anywhere else (a test, a script) before the
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, Sequence
 
 import torch
+from pydantic import AfterValidator
 
 from ..models.hooks import HookedLM
+from ..plugins import Plugins
 from ..tasks.schema import TaskItem
-from . import discovery_methods  # empty package: its modules are imported on the first lookup
 from .circuit import CircuitGroup
 
 if TYPE_CHECKING:  # annotation only: discover.py imports this module to validate its method names
@@ -57,31 +56,6 @@ class DiscoveryMethod(ABC):
         """Score every head (``ablation`` is resolved: never None)."""
 
 
-_METHODS: dict[str, DiscoveryMethod] = {}
-_loaded = {"builtins": False}
-
-
-def register_method(method: DiscoveryMethod) -> DiscoveryMethod:
-    """Make ``method`` available as ``--method method.name`` (replacing a method of that name)."""
-    _METHODS[method.name] = method
-    return method
-
-
-def _load_builtins() -> None:
-    if _loaded["builtins"]:
-        return
-    _loaded["builtins"] = True
-    for info in sorted(pkgutil.iter_modules(discovery_methods.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{discovery_methods.__name__}.{info.name}")
-
-
-def method_names() -> list[str]:
-    _load_builtins()
-    return list(_METHODS)
-
-
-def get_method(name: str) -> DiscoveryMethod:
-    _load_builtins()
-    if name not in _METHODS:
-        raise ValueError(f"unknown discovery method {name!r}; choose from {', '.join(_METHODS)}")
-    return _METHODS[name]
+METHODS: Plugins[DiscoveryMethod] = Plugins("discovery method", "circuitdistill.circuits.discovery_methods")
+register_method, get_method, method_names = METHODS.register, METHODS.get, METHODS.names
+MethodName = Annotated[str, AfterValidator(METHODS.check_name)]  # a config field holding a registered method's name

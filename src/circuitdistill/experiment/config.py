@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..circuits.method_registry import get_method
+from ..circuits.method_registry import MethodName
 from ..distill.methods import METHOD_NAMES
-from ..tasks.registry import get_task
+from ..tasks.registry import TaskName
 
 ROWS_DEMO = ("full-kd", "circuit-ce", "circuit-random", "circuit")
 ROWS_PAPER = ("full-kd", "circuit-ce", "circuit-align", "circuit-random", "circuit")
@@ -19,7 +19,8 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     preset: Literal["demo", "paper", "tiny", "custom"] = Field("demo", description="where the defaults came from")
-    task: str = Field("entity-tracking", description="a registered task (tasks/registry.py): entity-tracking | tom")
+    task: TaskName = Field("entity-tracking", description="a registered task (tasks/registry.py): "
+                           "entity-tracking | tom")
     out: str = Field("runs/demo", description="output directory: report.md, results.json, PNGs, stages/")
     seeds: list[int] = Field([0], min_length=1, description="training seeds; results report mean ± spread")
     # ---- models ----
@@ -42,7 +43,7 @@ class ExperimentConfig(BaseModel):
     n_test: int = Field(1000, ge=16, description="held-out test items: the table and McNemar tests")
     data_seed: int = Field(0, description="seed of the data generator")
     # ---- discovery and matching ----
-    discovery_method: str = Field("activation", description="a registered discovery method "
+    discovery_method: MethodName = Field("activation", description="a registered discovery method "
                                   "(circuits/method_registry.py): activation | attribution | path")
     discovery_items: int = Field(64, ge=4, description="items for the discovery sweep")
     circuit_share: float = Field(0.10, gt=0, le=1, description="teacher circuit size as a share of its heads")
@@ -89,18 +90,6 @@ class ExperimentConfig(BaseModel):
         None, description="trained rows that get the mechanism checks and the alignment score A (None: all). "
         "The base student always gets A")
     threads: int = Field(2, ge=1, description="torch CPU threads")
-
-    @field_validator("task")
-    @classmethod
-    def _registered(cls, task: str) -> str:
-        get_task(task)
-        return task
-
-    @field_validator("discovery_method")
-    @classmethod
-    def _registered_method(cls, method: str) -> str:
-        get_method(method)
-        return method
 
     @model_validator(mode="after")
     def _check(self):

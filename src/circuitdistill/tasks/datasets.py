@@ -4,19 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..output_dirs import prepare_output_file
 from ..utils import UserError, provenance, sha256_file, write_json_atomic
 from .io import save_items
-from .registry import get_task
+from .registry import TaskName, get_task
 from .vocab import load_tokenizer
 
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(description="a registered task (tasks/registry.py)")
+    task: TaskName = Field(description="a registered task (tasks/registry.py)")
     n: int = Field(1000, ge=1, le=10_000_000)
     seed: int = 0
     models: list[str] = Field(default_factory=lambda: ["smollm2-135m"], min_length=1)
@@ -25,12 +25,6 @@ class DataConfig(BaseModel):
     boxes: Optional[int] = Field(7, ge=2, le=26, description="the task's size (entity tracking: boxes per prompt)")
     splits: Optional[tuple[int, int, int]] = None
     disjoint_vocab: bool = False
-
-    @field_validator("task")
-    @classmethod
-    def _registered(cls, task: str) -> str:
-        get_task(task)
-        return task
 
 
 def make_data(cfg: DataConfig):

@@ -6,12 +6,12 @@ from anywhere else (a test, a script) by calling ``register`` before the lookup.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from abc import ABC, abstractmethod
-from typing import Iterable, Sequence
+from typing import Annotated, Iterable, Sequence
 
-from . import catalog  # empty package: its modules are imported on the first lookup
+from pydantic import AfterValidator
+
+from ..plugins import Plugins
 from .schema import TaskItem
 
 Splits = dict[str, list[TaskItem]]
@@ -72,32 +72,6 @@ class Task(ABC):
         return answer_words(items)
 
 
-_TASKS: dict[str, Task] = {}
-_loaded = {"catalog": False}
-
-
-def register(task: Task) -> Task:
-    """Make ``task`` available under ``task.name`` (replacing a task of that name)."""
-    _TASKS[task.name] = task
-    return task
-
-
-def _load_catalog() -> None:
-    if _loaded["catalog"]:
-        return
-    _loaded["catalog"] = True
-    for info in sorted(pkgutil.iter_modules(catalog.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{catalog.__name__}.{info.name}")
-
-
-def task_names() -> list[str]:
-    _load_catalog()
-    return list(_TASKS)
-
-
-def get_task(name: str) -> Task:
-    """The task registered as ``name``; ValueError naming every registered task otherwise."""
-    _load_catalog()
-    if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; choose from {', '.join(_TASKS)}")
-    return _TASKS[name]
+TASKS: Plugins[Task] = Plugins("task", "circuitdistill.tasks.catalog")
+register, get_task, task_names = TASKS.register, TASKS.get, TASKS.names
+TaskName = Annotated[str, AfterValidator(TASKS.check_name)]  # a config field holding a registered task's name
