@@ -20,22 +20,17 @@ from tqdm.auto import tqdm
 
 from ..models.hooks import HookedLM
 from . import metrics as M
-from .batching import encode_items, model_inputs
+from .batching import encode_items, left_padded_position_ids, model_inputs
 from .schema import TaskItem
 
 Interventions = Sequence | Callable[[dict], Sequence] | None
 BINARY = ("accuracy", "candidate_accuracy")
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0 at each row's first real token, counting up; padding gets 0 (it is masked anyway)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
 def forward_inputs(batch: dict) -> dict:
     """What the HF forward takes, plus left-padding-aware position ids."""
     out = dict(model_inputs(batch))
-    out["position_ids"] = position_ids(batch["attention_mask"])
+    out["position_ids"] = left_padded_position_ids(batch["attention_mask"])
     return out
 
 
