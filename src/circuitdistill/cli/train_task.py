@@ -17,6 +17,7 @@ from ..tasks.vocab import load_tokenizer
 from ..tasks.warmup import WARMUP_BOXES, WARMUP_LR, real_task_data, warmup_data
 from ..utils import UserError
 
+
 def _task(task: str) -> Task:
     try:
         return get_task(task)

@@ -34,6 +34,7 @@ from .io import append_jsonl, compact_jsonl, read_done, read_jsonl
 from .report import experiment_report
 from .teachers import chat_prompt, load_teacher, split_teacher
 
+
 def default_instructions_path() -> Path:
     return Path(str(resources.files("circuitdistill") / "resources" / "trace_instructions.jsonl"))
 
