@@ -5,9 +5,11 @@ import json
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 from pydantic import ValidationError
 
+from ..models import registry
 from ..models.registry import check_derived_name, check_save_dir
 from ..output_dirs import prepare_output_dir
 from ..tasks.finetune import FinetuneConfig, finetune
@@ -46,7 +48,10 @@ def _check_user_files(tok, *paths: Path | None) -> None:
 
 
 def _run(cfg, tr, va, run_dir: Path, resume: bool, info: dict, save_to: Path | None = None, overwrite: bool = False):
-    rec = finetune(cfg, tr, va, run_dir, resume=resume, data_info=info, save_to=save_to, overwrite=overwrite)
+    torch.set_num_threads(cfg.threads)
+    model, tok = registry.load_model(cfg.base)  # before finetune seeds torch, as the experiment's stages do
+    rec = finetune(cfg, tr, va, run_dir, resume=resume, model=model, tokenizer=tok, data_info=info, save_to=save_to,
+                   overwrite=overwrite)
     typer.echo(json.dumps({k: rec[k] for k in ("name", "steps", "stop_reason", "final_val_accuracy", "train_seconds",
                                                "eval_seconds", "saved_to")}, indent=2))
 
