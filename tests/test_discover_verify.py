@@ -9,7 +9,7 @@ from circuitdistill.circuits.attribution import attribution_patching
 from circuitdistill.circuits.circuit import Circuit
 from circuitdistill.circuits.patching import activation_patching
 from circuitdistill.circuits.toy import box_items
-from circuitdistill.cli.discover import DiscoverConfig, run_discover
+from circuitdistill.circuits.discover import DiscoverConfig, run_discover
 from circuitdistill.models.hooks import HookedLM
 from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
 from circuitdistill.utils import write_jsonl_atomic

@@ -50,8 +50,11 @@ def no_compute(monkeypatch):
         raise AssertionError("compute started before the input was rejected")
 
     for target in ("circuitdistill.tasks.scoring.evaluate", "circuitdistill.circuits.patching.activation_patching",
+                   "circuitdistill.circuits.discovery_methods.activation.activation_patching",
                    "circuitdistill.distill.trainer.train", "circuitdistill.tasks.finetune.finetune",
-                   "circuitdistill.models.registry.load_model"):
+                   "circuitdistill.cli.train_task.finetune", "circuitdistill.cli.evaluate.evaluate",
+                   "circuitdistill.models.registry.load_model", "circuitdistill.distill.trainer.load_model",
+                   "circuitdistill.distill.teacher_cache.load_model", "circuitdistill.distill.matching.load_model"):
         monkeypatch.setattr(target, boom)
 
 

@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .utils import UserError, fingerprint_path, read_json_file
+from .distill.matching import load_pairing
+from .models.registry import ModelNotAvailable, resolve
+from .tasks.io import check_single_token
+from .tasks.vocab import load_tokenizer
+from .utils import UserError, fingerprint_path, read_json_file, write_json_atomic
 
 
 def check_device(device: str) -> None:
@@ -28,8 +32,6 @@ def check_device(device: str) -> None:
 def model_shape(model: str) -> tuple[int, int]:
     """(layers, attention heads per layer) of a model, read from its config only."""
     from transformers import AutoConfig
-
-    from .models.registry import ModelNotAvailable, resolve
 
     path = resolve(model)
     try:
@@ -57,8 +59,6 @@ def check_pairing(path: str | Path, student: str | None, teacher: str | None = N
                   teacher_cache: str | Path | None = None) -> None:
     """Every pair of a pairing.json names a student head of ``student`` and a teacher head of the teacher
     (the live model or the shape recorded in the teacher cache); ``student=None`` checks the teacher side only."""
-    from .distill.matching import load_pairing
-
     pairing = load_pairing(path)
     s_shape = model_shape(student) if student is not None else None
     if teacher is not None:
@@ -75,9 +75,6 @@ def check_pairing(path: str | Path, student: str | None, teacher: str | None = N
 def check_scorable(items, model: str, path: str | Path, position: int | None = None) -> None:
     """Answers, corrupted answers and candidates are single tokens for ``model``'s tokenizer (scoring reads one
     token); with ``position``, every prompt is long enough to have that (negative) token position."""
-    from .tasks.io import check_single_token
-    from .tasks.vocab import load_tokenizer
-
     tok = load_tokenizer(model)
     check_single_token(items, tok, path)
     if position is not None:
@@ -90,8 +87,6 @@ def check_scorable(items, model: str, path: str | Path, position: int | None = N
 
 def input_fingerprints(paths: dict[str, str | Path | None]) -> dict[str, str]:
     """Content fingerprints of a run's inputs (files, model directories or registry names), for resume keys."""
-    from .models.registry import ModelNotAvailable, resolve
-
     out = {}
     for key, ref in paths.items():
         if ref is None:
@@ -109,8 +104,6 @@ def input_fingerprints(paths: dict[str, str | Path | None]) -> dict[str, str]:
 
 def check_resume_inputs(out: Path, fingerprints: dict[str, str], resume: bool) -> None:
     """On resume, refuse when an input changed since the run started (recorded in OUT/inputs.json)."""
-    from .utils import write_json_atomic
-
     record = out / "inputs.json"
     if resume and record.exists():
         before = read_json_file(record, "input record")

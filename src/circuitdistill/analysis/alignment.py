@@ -1,4 +1,4 @@
-"""Alignment score (Distilled Circuits, SPEC §3): A = mean over matched pairs of S · (1 − |Î_S − Î_T|).
+"""Alignment score (Distilled Circuits): A = mean over matched pairs of S · (1 − |Î_S − Î_T|).
 
 Î are the influences of the matched components normalised to sum to 1 over the matched pairs (a teacher
 component matched by several student components counts once per pair). A is 1 exactly when every pair

@@ -1,4 +1,4 @@
-"""The `compare` job: mechanistic teacher–student comparison à la "Distilled Circuits" (SPEC §3).
+"""The `compare` job: mechanistic teacher–student comparison à la "Distilled Circuits".
 
 For each model (each tokenises the items itself): component influence of every head and MLP layer,
 circuits by iterative pruning with a threshold sweep, concentration of reliance; then components are
@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..models import registry
 from ..models.hooks import HookedLM
+from ..tasks.io import load_items
 from ..tasks.schema import TaskItem
 from ..utils import atomic_path, cache_home, provenance, save_figure_atomic, sha256_file, sha256_json, \
     versioned, write_json_atomic, write_text_atomic
@@ -73,8 +74,6 @@ class CompareConfig(BaseModel):
 
 
 def load_task_items(path: Path) -> list[TaskItem]:
-    from ..tasks.io import load_items
-
     return load_items(path)
 
 

@@ -1,4 +1,4 @@
-"""Concentration of reliance (Distilled Circuits v2 robustness summaries, SPEC §3).
+"""Concentration of reliance (Distilled Circuits v2 robustness summaries).
 
 The drops are the component influences I(c) in percentage points (how much of the clean metric is lost
 when c alone is ablated). Per model: the worst single drop, the mean drop with a bootstrap 95% interval

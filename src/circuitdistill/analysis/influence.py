@@ -1,4 +1,4 @@
-"""Component influence (Distilled Circuits, SPEC §3): I(c) = |100 · (1 − metric_ablated / metric_clean)|.
+"""Component influence (Distilled Circuits): I(c) = |100 · (1 − metric_ablated / metric_clean)|.
 
 Components are every attention head (``L{l}.H{h}``) and every MLP layer (``L{l}.MLP``). Ablation is zero
 (the authors' default) or mean (dataset mean of the component's output, padding excluded), over every
@@ -27,6 +27,7 @@ from ..models.hooks import HookedLM, compute_means, hook_name, mean_ablate, zero
 from ..tasks import metrics as task_metrics
 from ..tasks.batching import encode_items, model_inputs
 from ..tasks.schema import TaskItem
+from ..utils import atomic_path
 
 Ablation = Literal["zero", "mean"]
 InfluenceMetric = Literal["logit_diff", "logprob", "accuracy"]
@@ -281,8 +282,6 @@ def metric_under_ablation(hooked: HookedLM, batches: list[dict], groups: Sequenc
 
 
 def _save_ckpt(path: Path, state: dict) -> None:
-    from ..utils import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 

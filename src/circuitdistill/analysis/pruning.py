@@ -1,4 +1,4 @@
-"""Circuits by iterative pruning (Distilled Circuits, SPEC §3).
+"""Circuits by iterative pruning (Distilled Circuits).
 
 Start from every component. In each round, every component still in the circuit gets a cost: how much
 of the current circuit's metric is lost when it is ablated as well, |100 · (1 − m(removed ∪ {c}) / m(removed))|

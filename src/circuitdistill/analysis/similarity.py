@@ -1,4 +1,4 @@
-"""Cross-model component similarity and matching (Distilled Circuits, SPEC §3).
+"""Cross-model component similarity and matching (Distilled Circuits).
 
 Two models may differ in architecture, size and tokenizer, so nothing here compares token positions
 directly. What is compared, per item (rows = the same data items in both models):

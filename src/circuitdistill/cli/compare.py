@@ -8,6 +8,14 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 
+from ..analysis.compare import CompareConfig, run_compare, summary_line
+
+from ..output_dirs import prepare_output_dir
+
+from ..preflight import check_device
+
+from ..tasks.io import load_items
+
 
 def compare_cmd(
     teacher: str = typer.Option(..., help="teacher: built-in name, derived name or local model directory"),
@@ -37,10 +45,8 @@ def compare_cmd(
     overwrite: bool = typer.Option(False, help="replace an earlier comparison in --out (or write into a directory "
                                                 "holding other files)"),
 ):
-    """Compare a teacher's and a student's mechanisms on a task (Distilled Circuits, SPEC §3)."""
+    """Compare a teacher's and a student's mechanisms on a task (Distilled Circuits)."""
     import json
-
-    from ..analysis.compare import CompareConfig, run_compare, summary_line
 
     try:
         sweep_vals = [float(x) for x in sweep.split(",") if x.strip()]
@@ -58,10 +64,6 @@ def compare_cmd(
         for err in e.errors():
             typer.echo(f"error: --{'-'.join(str(x) for x in err['loc']).replace('_', '-')}: {err['msg']}", err=True)
         raise typer.Exit(2)
-    from ..output_dirs import prepare_output_dir
-    from ..preflight import check_device
-    from ..tasks.io import load_items
-
     check_device(cfg.device)
     if cfg.data.exists():
         load_items(cfg.data)

@@ -14,8 +14,17 @@ from typing import Any, Callable, Literal, get_args, get_origin
 
 import typer
 
+from .. import preflight
+from ..distill import trainer
 from ..distill.config import HEAD_ONLY, CacheConfig, DistillConfig, MatchConfig, load_config
+from ..distill.head_params import HEAD_DELTAS_FILE
+from ..distill.losses import VocabularyMismatch
+from ..distill.matching import match
+from ..distill.teacher_cache import build_cache
+from ..models.registry import check_derived_name
 from ..output_dirs import is_main_process, prepare_output_dir
+from ..preflight import check_pairing, model_shape
+from ..tasks.io import load_items
 from ..utils import UserError
 
 _SKIP = {"betas"}  # only settable through --config
@@ -85,10 +94,6 @@ def _fail(e: Exception) -> None:
 
 def check_distill_inputs(cfg: DistillConfig) -> None:
     """Everything about a distill run that can be wrong before training starts."""
-    from .. import preflight
-    from ..models.registry import check_derived_name
-    from ..tasks.io import load_items
-
     if cfg.teacher is not None and cfg.teacher_cache is not None:
         raise UserError("give --teacher (run live) or --teacher-cache (precomputed), not both")
     if cfg.pairing is not None and cfg.method not in HEAD_ONLY:
@@ -105,15 +110,10 @@ def check_distill_inputs(cfg: DistillConfig) -> None:
 
 
 def _prepare_run_dir(cfg: DistillConfig, resume: bool, overwrite: bool) -> None:
-    from .. import preflight
-    from ..distill.trainer import CHECKPOINT
-
     out = prepare_output_dir(cfg.out, overwrite=overwrite, resume=resume, resume_flag="--resume",
-                             legacy_artifacts=(CHECKPOINT, "log.jsonl"))
+                             legacy_artifacts=(trainer.CHECKPOINT, "log.jsonl"))
     if overwrite and not resume:
-        from ..distill.head_params import HEAD_DELTAS_FILE
-
-        (out / CHECKPOINT).unlink(missing_ok=True)
+        (out / trainer.CHECKPOINT).unlink(missing_ok=True)
         (out / HEAD_DELTAS_FILE).unlink(missing_ok=True)  # a full-model run over a head-only one has none
     prints = preflight.input_fingerprints({"data": cfg.data, "student": cfg.student, "teacher": cfg.teacher,
                                            "teacher_cache": cfg.teacher_cache, "pairing": cfg.pairing})
@@ -129,9 +129,7 @@ def _interrupted(cfg: DistillConfig) -> str:
         except (ValueError, KeyError, TypeError):
             break  # a torn last line
     saved = done // cfg.checkpoint_every * cfg.checkpoint_every
-    from ..distill.trainer import RUN_CONFIG
-
-    config = Path(cfg.out) / RUN_CONFIG
+    config = Path(cfg.out) / trainer.RUN_CONFIG
     if saved == 0:
         return (f"interrupted after step {done} of {cfg.steps}, before the first checkpoint; start again with: "
                 f"circuitdistill distill --config {config} --overwrite")
@@ -144,14 +142,11 @@ def _distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False):
     log.jsonl, loss.png, summary.json and the student as a Hugging Face checkpoint in model/ to --out (head-only
     methods also head_deltas.safetensors: the trained slices alone, see `circuitdistill merge`); checkpoint.pt
     is deleted at the end unless --keep-checkpoints."""
-    from ..distill.losses import VocabularyMismatch
-    from ..distill.trainer import train
-
     check_distill_inputs(cfg)
     if is_main_process():
         _prepare_run_dir(cfg, resume, overwrite)
     try:
-        summary = train(cfg, resume=resume)
+        summary = trainer.train(cfg, resume=resume)
     except (VocabularyMismatch, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -168,13 +163,8 @@ def _distill(cfg: DistillConfig, resume: bool = False, overwrite: bool = False):
 
 def _cache(cfg: CacheConfig, overwrite: bool = False):
     """Run the teacher once over the data; store labels, top-k logits and head outputs (safetensors)."""
-    from ..distill.teacher_cache import build_cache
-    from ..tasks.io import load_items
-
     load_items(cfg.data)
     if cfg.pairing is not None:
-        from ..preflight import check_pairing
-
         check_pairing(cfg.pairing, None, teacher=cfg.teacher)
     if is_main_process():
         prepare_output_dir(cfg.out, overwrite=overwrite, legacy_artifacts=("meta.json",))
@@ -187,13 +177,8 @@ def _cache(cfg: CacheConfig, overwrite: bool = False):
 
 def _match(cfg: MatchConfig, overwrite: bool = False):
     """Pair student heads with the teacher circuit's heads (ablation-effect distance or activation CKA)."""
-    from ..distill.matching import match
-    from ..tasks.io import load_items
-
     load_items(cfg.data)
     if cfg.budget >= 1:
-        from ..preflight import model_shape
-
         n_layers, n_heads = model_shape(cfg.student)
         if cfg.budget > n_layers * n_heads:
             raise UserError(f"--budget {cfg.budget:g} is more than the {n_layers * n_heads} heads of {cfg.student}")

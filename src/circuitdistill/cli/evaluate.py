@@ -8,6 +8,14 @@ from typing import Literal, Optional
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .. import preflight
+from ..circuits.circuit import Circuit
+from ..circuits.faithfulness import faithfulness_report
+from ..models import registry
+from ..output_dirs import prepare_output_file
+from ..preflight import check_heads, model_shape
+from ..tasks.io import TaskFileError, load_items
+from ..tasks.scoring import evaluate, format_summary
 from ..utils import UserError, provenance, sha256_file, versioned, write_json_atomic
 
 
@@ -44,10 +52,6 @@ def evaluate_cmd(
     """Accuracy, candidate accuracy, answer log-prob and logit difference, each with a 95% CI."""
     import torch
 
-    from ..models import registry
-    from ..tasks.io import TaskFileError, load_items
-    from ..tasks.scoring import evaluate, format_summary
-
     try:
         cfg = EvaluateConfig(model=model, data=data, batch_size=batch_size, limit=limit, threads=threads,
                              circuit=circuit, random_sets=random_sets, seed=seed, per_item=per_item,
@@ -58,14 +62,7 @@ def evaluate_cmd(
         raise typer.Exit(2)
     if cfg.limit:
         items = items[: cfg.limit]
-    faithfulness_report = None
     if cfg.circuit is not None:
-        try:
-            from ..circuits.faithfulness import faithfulness_report
-        except ImportError as e:
-            typer.echo(f"error: --circuit needs circuitdistill.circuits.faithfulness.faithfulness_report, which is "
-                       f"not available in this install ({e})", err=True)
-            raise typer.Exit(2)
         if not cfg.circuit.exists():
             typer.echo(f"error: circuit file {cfg.circuit} does not exist", err=True)
             raise typer.Exit(2)
@@ -82,7 +79,7 @@ def evaluate_cmd(
     typer.echo(format_summary(res.summary()))
     result = {"model": cfg.model, "data": str(cfg.data), "data_sha256": sha256_file(cfg.data),
               **res.to_json(per_item=cfg.per_item)}
-    if faithfulness_report is not None:
+    if cfg.circuit is not None:
         rep = faithfulness_report(m, tok, items, str(cfg.circuit), n_random=cfg.random_sets, seed=cfg.seed,
                                   batch_size=cfg.batch_size, progress=True)
         result["faithfulness"] = rep
@@ -96,9 +93,6 @@ def evaluate_cmd(
 
 def check_evaluate_inputs(cfg: EvaluateConfig, items, out: Path | None) -> None:
     """Single-token answers, a usable circuit and a writable --out, before the model runs."""
-    from .. import preflight
-    from ..output_dirs import prepare_output_file
-
     preflight.check_scorable(items, cfg.model, cfg.data)
     if cfg.circuit is not None:
         check_circuit_for_model(cfg.circuit, cfg.model)
@@ -108,9 +102,6 @@ def check_evaluate_inputs(cfg: EvaluateConfig, items, out: Path | None) -> None:
 
 def check_circuit_for_model(path: Path, model: str) -> None:
     """The circuit file parses, names at least one head, and was found on a model of this shape."""
-    from ..circuits.circuit import Circuit
-    from ..preflight import check_heads, model_shape
-
     try:
         circuit = Circuit.load(path)
     except ValueError as e:

@@ -6,6 +6,9 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 
+from ..experiment.config import preset as make_preset
+from ..output_dirs import prepare_output_dir
+
 
 def experiment_cmd(
     preset: str = typer.Option("demo", help="demo (entity tracking, <= 40 min on 2 cores) | paper | tiny"),
@@ -33,8 +36,7 @@ def experiment_cmd(
     Every stage is cached by content hash under OUT/stages: re-running skips finished stages and a
     killed run continues from its last checkpoint.
     """
-    from ..experiment.config import preset as make_preset
-    from ..experiment.runner import run_experiment
+    from ..experiment.runner import run_experiment  # deferred: matplotlib and scipy load only when it runs
 
     try:
         extra = parse_overrides(set_)
@@ -50,8 +52,6 @@ def experiment_cmd(
     except (ValidationError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
-    from ..output_dirs import prepare_output_dir
-
     # a rerun continues the experiment in --out (its stages are cached), so our own files there are expected
     prepare_output_dir(cfg.out, overwrite=overwrite, resume=True, legacy_artifacts=("stages", "results.json"))
     results = run_experiment(cfg, log=typer.echo)
@@ -90,7 +90,7 @@ def study_cmd(
     """When does mechanism transfer help? Every row at several data budgets and seeds: validation curves,
     steps to reach each accuracy, test accuracy with McNemar against circuit-ce and full-kd, held-out alignment.
     """
-    from ..experiment.study import run_study, study_preset
+    from ..experiment.study import run_study, study_preset  # deferred: matplotlib and scipy load only when it runs
 
     try:
         cfg = study_preset(preset, out, budgets=[int(b) for b in budgets.split(",")] if budgets else None,

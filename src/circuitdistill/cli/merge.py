@@ -1,21 +1,20 @@
 """`circuitdistill merge`: base model + head_deltas.safetensors -> a Hugging Face checkpoint."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from ..distill.config import MergeConfig
+from ..distill.head_params import apply_head_deltas
+from ..models.registry import load_model, save_model_dir
+from ..utils import MissingFile, sha256_file
 from .distill import _CONFIG, _OVERWRITE, _build
 
 
 def _merge(cfg: MergeConfig, overwrite: bool = False):
     """Add a head-only run's trained slices (head_deltas.safetensors) to its base model and save the result with
     save_pretrained + tokenizer: the same weights as that run's model/, from a file a fraction of the size."""
-    from ..distill.head_params import apply_head_deltas
-    from ..models.registry import load_model, save_model_dir
-    from ..utils import MissingFile, sha256_file
-
-    from pathlib import Path
-
     if not Path(cfg.deltas).is_file():
         raise MissingFile(f"--deltas {cfg.deltas} does not exist (a head-only distill run writes "
                           f"OUT/head_deltas.safetensors)")

@@ -9,6 +9,8 @@ import typer
 from pydantic import ValidationError
 
 from ..models import registry
+from ..models.derive import DeriveConfig, derive, validate
+from ..models.heal import HealConfig
 
 models_app = typer.Typer(help="Offline models: list the built-ins and convert them once to safetensors.",
                          no_args_is_help=True)
@@ -71,9 +73,6 @@ def derive_cmd(
     overwrite: bool = typer.Option(False, help="replace an earlier derived model of this name"),
 ):
     """Depth-prune a model, heal it by distillation from the original on general text, save it as NAME."""
-    from ..models.derive import DeriveConfig, derive, validate
-    from ..models.heal import HealConfig
-
     try:
         cfg = DeriveConfig(
             source=source, name=name, drop_layers=drop_layers, keep=keep, seed=seed, overwrite=overwrite,

@@ -7,6 +7,18 @@ from typing import List, Optional
 
 import typer
 
+from ..trace.classifier import Tracer, TracerConfig
+
+from ..trace.io import TraceInputError, read_texts
+
+from ..trace.report import format_top_features, prediction_report
+
+from ..trace.taggers import TaggerNotAvailable
+
+from ..output_dirs import prepare_output_file
+
+from ..trace.experiment import ExperimentConfig, run_experiment
+
 trace_app = typer.Typer(help="Trace a student's teacher from its generated text (PoS templates vs word n-grams).",
                         no_args_is_help=True)
 
@@ -27,13 +39,6 @@ def fit_cmd(teachers: Path = typer.Option(..., "--teachers", help="JSONL of {tex
             seed: int = typer.Option(0)):
     """Fit the tracer on teachers' texts."""
     from pydantic import ValidationError
-
-    from ..trace.classifier import Tracer, TracerConfig
-    from ..trace.io import TraceInputError, read_texts
-    from ..trace.report import format_top_features
-    from ..trace.taggers import TaggerNotAvailable
-
-    from ..output_dirs import prepare_output_file
 
     try:
         cfg = TracerConfig(features=features, tagger=tagger, n=n, top_k=top_k, C=c, seed=seed)
@@ -57,12 +62,6 @@ def predict_cmd(model: Path = typer.Option(..., "--model", help="tracer model JS
                 out: Path = typer.Option(..., "--out", help="predictions JSON"),
                 png: Optional[Path] = typer.Option(None, help="confusion matrix PNG (default: next to --out)")):
     """Attribute texts to teachers; with `source` in the input also report accuracy and a confusion matrix."""
-    from ..trace.classifier import Tracer
-    from ..trace.io import TraceInputError, read_texts
-    from ..trace.report import format_top_features, prediction_report
-    from ..trace.taggers import TaggerNotAvailable
-    from ..output_dirs import prepare_output_file
-
     prepare_output_file(out)
     try:
         tracer = Tracer.load(model)
@@ -101,8 +100,6 @@ def experiment_cmd(teachers: List[str] = typer.Option(["smollm2-135m", "gemma3-2
                    config: Optional[Path] = typer.Option(None, help="JSON ExperimentConfig (overrides the options)")):
     """End to end: teachers answer instructions, students are fine-tuned on them, the tracer attributes students."""
     from pydantic import ValidationError
-
-    from ..trace.experiment import ExperimentConfig, run_experiment
 
     try:
         if config is not None:

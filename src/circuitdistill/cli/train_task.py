@@ -2,109 +2,35 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Optional
 
+import torch
 import typer
 from pydantic import ValidationError
 
-TASKS = ("entity-tracking", "tom")
-SHORT = {"entity-tracking": "et", "tom": "tom"}
+from ..models import registry
+from ..models.registry import check_derived_name, check_save_dir
+from ..output_dirs import prepare_output_dir
+from ..tasks.finetune import FinetuneConfig, finetune
+from ..tasks.io import TaskFileError, check_single_token, load_items
+from ..tasks.registry import Task, get_task
+from ..tasks.vocab import load_tokenizer
+from ..tasks.warmup import WARMUP_BOXES, WARMUP_LR, real_task_data, warmup_data
+from ..utils import UserError
 
 
-def _task(task: str) -> str:
-    if task not in TASKS:
-        raise typer.BadParameter(f"--task must be one of {', '.join(TASKS)} (got {task!r})")
-    return task
-
-
-def _real_splits(task: str, tok, boxes: int, seed: int, n_train: int, n_val: int):
-    """The real task's train/validation sets (held-out objects/states for validation)."""
-    if task == "entity-tracking":
-        from ..tasks import entity_tracking as et
-
-        return et.make_splits(n_train, n_val, 0, boxes, seed, [tok], corruption="all", disjoint_objects=True)
-    from ..tasks import tom
-
-    return tom.make_splits(n_train, n_val, 0, seed, [tok], disjoint_states=True)
-
-
-def _load_or_make(task, tok, boxes, seed, train: Path | None, validation: Path | None, run_dir: Path, need_train: bool):
-    from ..tasks.io import load_items, save_items
-
-    info = {}
-    tr = load_items(train) if (train and need_train) else None
-    va = load_items(validation) if validation else None
-    if (need_train and tr is None) or va is None:
-        gen = _real_splits(task, tok, boxes, seed, 2000 if need_train and tr is None else 0, 500 if va is None else 0)
-        if need_train and tr is None:
-            tr = gen["train"]
-            save_items(run_dir / "data_train.jsonl", tr)
-            info["train_file"] = str(run_dir / "data_train.jsonl")
-        if va is None:
-            va = gen["validation"]
-            save_items(run_dir / "data_validation.jsonl", va)
-            info["validation_file"] = str(run_dir / "data_validation.jsonl")
-    if train and need_train:
-        info["train_file"] = str(train)
-    if validation:
-        info["validation_file"] = str(validation)
-    return tr, va, info
-
-
-def _vocab_of(items) -> set[str]:
-    out = set()
-    for it in items:
-        for w in [it.answer, it.corrupted_answer, *(it.candidates or [])]:
-            if w:
-                out.add(w.strip())
-    return out
-
-
-# The warm-up recipe that reached the 0.5 target (docs/tasks.md). The "crate" wording on 2-4 boxes transferred far
-# too slowly (0.26 after 15 steps; the first demo run sat below 0.5 for 90+ steps), so both `warmup` and the
-# experiment use this one.
-WARMUP_LR = 2e-5
-WARMUP_BOXES = (3, 4, 5)
-WARMUP_TEMPLATE = {"entity-tracking": "prakash", "tom": "alt"}
-
-
-def warmup_items(task: str, tok, seed: int, n: int, avoid: set[str], boxes: list[int], template: str):
-    """The related-but-distinct variant the warm student trains on (vocabulary disjoint from ``avoid``)."""
-    if task == "entity-tracking":
-        from ..tasks import entity_tracking as et
-
-        vocab = [w for w in et.object_vocab([tok]) if w not in avoid]
-        items = []
-        for k, b in enumerate(boxes):
-            items += et.generate(n // len(boxes), b, seed * 1000 + 500 + k, [tok], corruption="all",
-                                 template=template, objects=vocab, split="warmup",
-                                 extra_meta={"variant": "warmup"})
-        random.Random(seed).shuffle(items)
-        return items, {"objects": len(vocab), "boxes": boxes, "template": template}
-    from ..tasks import tom
-
-    states = [w for w in tom.state_vocab([tok]) if w not in avoid]
-    items = tom.generate(n, seed * 1000 + 500, [tok], template=template, states=states, split="warmup",
-                         extra_meta={"variant": "warmup"})
-    return items, {"states": len(states), "template": template}
-
-
-def _common_cfg(**kw):
-    from ..tasks.finetune import FinetuneConfig
-
-    return FinetuneConfig(**kw)
+def _task(task: str) -> Task:
+    try:
+        return get_task(task)
+    except ValueError as e:
+        raise typer.BadParameter(f"--task: {e}") from None
 
 
 def check_destinations(name: str, steps: int, run_dir: Path, resume: bool, save_to: Path | None,
                        overwrite: bool) -> None:
     """Before any compute: at least one step, a name that cannot clobber a built-in or a path (or a --save-to
     directory that is new, empty or a model we saved), and a run dir that is ours and writable."""
-    from ..models.registry import check_derived_name, check_save_dir
-    from ..output_dirs import prepare_output_dir
-    from ..utils import UserError
-
     if steps < 1:
         raise UserError(f"--steps {steps}: training needs at least one step (the result would be the untrained base)")
     if save_to is None:
@@ -116,20 +42,14 @@ def check_destinations(name: str, steps: int, run_dir: Path, resume: bool, save_
 
 
 def _check_user_files(tok, *paths: Path | None) -> None:
-    from ..tasks.io import check_single_token, load_items
-
     for path in paths:
         if path is not None:
             check_single_token(load_items(path), tok, path)
 
 
 def _run(cfg, tr, va, run_dir: Path, resume: bool, info: dict, save_to: Path | None = None, overwrite: bool = False):
-    from ..models import registry
-    from ..tasks.finetune import finetune
-
-    import torch
     torch.set_num_threads(cfg.threads)
-    model, tok = registry.load_model(cfg.base)
+    model, tok = registry.load_model(cfg.base)  # before finetune seeds torch, as the experiment's stages do
     rec = finetune(cfg, tr, va, run_dir, resume=resume, model=model, tokenizer=tok, data_info=info, save_to=save_to,
                    overwrite=overwrite)
     typer.echo(json.dumps({k: rec[k] for k in ("name", "steps", "stop_reason", "final_val_accuracy", "train_seconds",
@@ -138,7 +58,7 @@ def _run(cfg, tr, va, run_dir: Path, resume: bool, info: dict, save_to: Path | N
 
 def teacher_cmd(
     base: str = typer.Option("smollm2-135m", help="model to fine-tune"),
-    task: str = typer.Option("entity-tracking", help="entity-tracking | tom"),
+    task: str = typer.Option("entity-tracking", help="a registered task: entity-tracking | tom | ..."),
     boxes: int = typer.Option(7, help="entity tracking: boxes per prompt"),
     train: Optional[Path] = typer.Option(None, help="training JSONL (default: generated, saved in the run dir)"),
     validation: Optional[Path] = typer.Option(None, help="validation JSONL (default: generated, held-out vocab)"),
@@ -159,30 +79,26 @@ def teacher_cmd(
     overwrite: bool = typer.Option(False, help="replace an earlier run dir / a non-empty --save-to directory"),
 ):
     """Fine-tune the full model on the real task: the default teacher."""
-    from ..tasks.io import TaskFileError
-    from ..tasks.vocab import load_tokenizer
-
-    task = _task(task)
-    name = name or f"{Path(base).name}-{SHORT[task]}-teacher"
+    spec = _task(task)
+    name = name or f"{Path(base).name}-{spec.short}-teacher"
     run_dir = run_dir or Path("runs/tasks") / Path(name).name
     check_destinations(name, steps, run_dir, resume, save_to, overwrite)
     try:
-        cfg = _common_cfg(base=base, name=name, task=task, mode="teacher", lr=lr, batch_size=batch_size,
-                          max_steps=steps, eval_every=eval_every, eval_items=eval_items, target=target,
-                          checkpoint_every=checkpoint_every, seed=seed, threads=threads)
+        cfg = FinetuneConfig(base=base, name=name, task=task, mode="teacher", lr=lr, batch_size=batch_size,
+                             max_steps=steps, eval_every=eval_every, eval_items=eval_items, target=target,
+                             checkpoint_every=checkpoint_every, seed=seed, threads=threads)
         tok = load_tokenizer(base)
         _check_user_files(tok, train, validation)
-        tr, va, info = _load_or_make(task, tok, boxes, seed, train, validation, run_dir, need_train=True)
+        tr, va, info = real_task_data(task, tok, boxes, seed, train, validation, run_dir, need_train=True)
     except (ValidationError, TaskFileError, ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
-    _run(cfg, tr, va, run_dir, resume, {**info, "boxes": boxes if task == "entity-tracking" else None}, save_to,
-         overwrite)
+    _run(cfg, tr, va, run_dir, resume, {**info, "boxes": boxes if spec.default_size else None}, save_to, overwrite)
 
 
 def warmup_cmd(
     base: str = typer.Option("smollm2-135m", help="model to warm up (stays available untouched as the cold student)"),
-    task: str = typer.Option("entity-tracking", help="entity-tracking | tom"),
+    task: str = typer.Option("entity-tracking", help="a registered task: entity-tracking | tom | ..."),
     target: float = typer.Option(0.5, help="stop once VALIDATION accuracy on the real task reaches this"),
     boxes: int = typer.Option(7, help="entity tracking: boxes of the REAL task (validation)"),
     warm_boxes: str = typer.Option(",".join(map(str, WARMUP_BOXES)), help="entity tracking: box counts of the warm-up variant"),
@@ -206,35 +122,22 @@ def warmup_cmd(
     overwrite: bool = typer.Option(False, help="replace an earlier run dir / a non-empty --save-to directory"),
 ):
     """Briefly fine-tune on a related but distinct variant until real-task validation accuracy reaches --target."""
-    from ..tasks.io import TaskFileError, load_items
-    from ..tasks.vocab import load_tokenizer
-
-    task = _task(task)
-    name = name or f"{Path(base).name}-{SHORT[task]}-warm"
+    spec = _task(task)
+    name = name or f"{Path(base).name}-{spec.short}-warm"
     run_dir = run_dir or Path("runs/tasks") / Path(name).name
     check_destinations(name, steps, run_dir, resume, save_to, overwrite)
-    template = warm_template or WARMUP_TEMPLATE[task]
     try:
         wb = [int(x) for x in warm_boxes.split(",") if x.strip()]
-        cfg = _common_cfg(base=base, name=name, task=task, mode="warmup", lr=lr, batch_size=batch_size,
-                          max_steps=steps, eval_every=eval_every, eval_items=eval_items, target=target,
-                          checkpoint_every=checkpoint_every, seed=seed, threads=threads)
+        cfg = FinetuneConfig(base=base, name=name, task=task, mode="warmup", lr=lr, batch_size=batch_size,
+                             max_steps=steps, eval_every=eval_every, eval_items=eval_items, target=target,
+                             checkpoint_every=checkpoint_every, seed=seed, threads=threads)
         tok = load_tokenizer(base)
         _check_user_files(tok, validation)
-        _, va, info = _load_or_make(task, tok, boxes, seed, None, validation, run_dir, need_train=False)
-        avoid_words = _vocab_of(va)
-        for p in avoid:
-            avoid_words |= _vocab_of(load_items(p))
-        tr, variant = warmup_items(task, tok, seed, n_train, avoid_words, wb, template)
+        tr, va, info = warmup_data(task, tok, boxes, seed, validation, avoid, n_train, wb, warm_template, run_dir)
     except (ValidationError, TaskFileError, ValueError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
-    from ..tasks.io import save_items
-
-    save_items(run_dir / "data_warmup.jsonl", tr)
-    info.update({"warmup_file": str(run_dir / "data_warmup.jsonl"), "variant": variant,
-                 "avoided_words": len(avoid_words), "avoid_files": [str(p) for p in avoid],
-                 "real_task_boxes": boxes if task == "entity-tracking" else None})
+    info["real_task_boxes"] = boxes if spec.default_size else None
     _run(cfg, tr, va, run_dir, resume, info, save_to, overwrite)
 
 

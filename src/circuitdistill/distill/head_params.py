@@ -41,10 +41,13 @@ import json
 from typing import Iterable, Literal, Sequence
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..models.arch import check_head, head_param_slices, shape_of
+from ..utils import UserError, atomic_path
 
 GQAPolicy = Literal["train", "freeze", "whole-group"]
 GQA_POLICIES = ("train", "freeze", "whole-group")
@@ -197,10 +200,6 @@ def _slice_json(s: slice) -> list[int] | None:
 
 def save_head_deltas(deltas: HeadDeltas, path, base: str | None = None) -> None:
     """Write the trained slices (not the model) atomically: a few MB where the model is GB."""
-    from safetensors.torch import save_file
-
-    from ..utils import atomic_path
-
     tensors, meta = deltas.export()
     if base is not None:
         meta["base"] = base
@@ -213,10 +212,6 @@ def apply_head_deltas(model: nn.Module, path) -> dict:
     """Add the deltas of ``head_deltas.safetensors`` to ``model``'s weights in place (what training's merge did:
     ``base[slice] + delta`` in the model's dtype); returns the file's metadata. The model must be the base the
     deltas were trained on (same architecture and shapes)."""
-    from safetensors import safe_open
-
-    from ..utils import UserError
-
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != HEAD_DELTAS_FORMAT:

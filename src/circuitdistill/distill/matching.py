@@ -30,7 +30,16 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..utils import UserError, read_json_file
+from ..circuits.ablation import baseline, head_ablation_sweep, mean_head_outputs
+from ..circuits.circuit import Circuit
+from ..models.hooks import HookedLM, hook_name, on_model_device
+from ..models.registry import load_model
+from ..tasks.batching import batches
+from ..tasks.io import load_items
+from ..tasks.scoring import forward_inputs
+from ..utils import (UserError, provenance, read_json_file, save_figure_atomic, seed_everything, sha256_file,
+                     write_json_atomic)
+from .cka import cka
 
 
 class Pair(BaseModel):
@@ -192,10 +201,6 @@ def pairs_from_effects(e_s, e_t, cfg, budget: int):
 @torch.no_grad()
 def _head_rows(hooked, items, layers, position: int, batch_size: int) -> dict[int, torch.Tensor]:
     """layer -> [n_items, n_heads, d_head] head outputs at ``position``."""
-    from ..models.hooks import hook_name, on_model_device
-    from ..tasks.batching import batches
-    from ..tasks.scoring import forward_inputs
-
     out: dict[int, list] = {l: [] for l in layers}
     for b in batches(hooked.tokenizer, items, batch_size):
         with hooked.hooks(record=[hook_name(l, "attn.hook_z") for l in layers], detach=True) as rec:
@@ -210,13 +215,6 @@ def match(cfg, progress: bool = True) -> Pairing:
     import time
 
     import numpy as np
-
-    from ..circuits.circuit import Circuit
-    from ..models.hooks import HookedLM
-    from ..models.registry import load_model
-    from ..tasks.io import load_items
-    from ..utils import provenance, seed_everything, sha256_file, write_json_atomic
-    from .cka import cka
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -314,8 +312,6 @@ def _ablation_effects(cfg, sh, th, items, t_heads, timing: dict, progress: bool)
 
     import numpy as np
 
-    from ..circuits.ablation import baseline, head_ablation_sweep, mean_head_outputs
-
     pos = None if cfg.ablation_positions == "all" else "final"
     out = []
     for hooked, heads in ((sh, None), (th, [list(h) for h in t_heads])):
@@ -337,8 +333,6 @@ def _plot(path: Path, doc: dict, shape, s_heads, t_heads, dist, cfg) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from ..utils import save_figure_atomic
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     ax = axes[0]

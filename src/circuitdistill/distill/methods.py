@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from .losses.terms import TERMS
+
 
 @dataclass(frozen=True)
 class Method:
@@ -52,8 +54,6 @@ def weight_of(method: str, term: str, cfg) -> float:
 
 def fields_read(method: str) -> tuple[str, ...]:
     """DistillConfig fields that change what ``method`` trains: its weights and its terms' own settings."""
-    from .losses.terms import TERMS
-
     out = [w for _, w in METHODS[method].terms if isinstance(w, str)]
     for t, _ in METHODS[method].terms:
         out += TERMS[t].reads

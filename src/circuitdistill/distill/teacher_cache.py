@@ -27,10 +27,14 @@ from tqdm.auto import tqdm
 
 from ..circuits.interchange import interchange_logits
 from ..models.hooks import HookedLM, hook_name
-from ..tasks.batching import encode_items
+from ..models.registry import load_model
+from ..tasks.batching import encode_items, first_token_id
+from ..tasks.io import load_items
 from ..tasks.scoring import forward_inputs
 from ..utils import atomic_path, provenance, sha256_file, write_json_atomic
 from .config import CacheConfig
+from .losses.kd import vocab_fingerprint
+from .matching import load_pairing
 
 CACHE_FILE = "teacher.safetensors"
 META_FILE = "meta.json"
@@ -55,10 +59,6 @@ def teacher_pass(hooked: HookedLM, batch: dict, head_list: Sequence[tuple[int, i
 def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
     from safetensors.torch import save_file
 
-    from ..models.registry import load_model
-    from ..tasks.io import load_items
-    from .losses.kd import vocab_fingerprint
-
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     items = load_items(cfg.data)
@@ -70,14 +70,10 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
     if cfg.heads == "all":
         head_list = [(l, h) for l in range(shape.n_layers) for h in range(shape.n_heads)]
     else:
-        from .matching import load_pairing
-
         head_list = sorted({p.teacher for p in load_pairing(cfg.pairing).pairs})
     k = min(cfg.top_k, model.get_output_embeddings().weight.shape[0])
     cf_heads = None
     if cfg.interchange_pairing:
-        from .matching import load_pairing
-
         cf_heads = sorted({p.teacher for p in load_pairing(cfg.interchange_pairing).pairs})
         missing = [i for i, it in enumerate(items) if not it.corrupted_prompt]
         if missing:
@@ -171,8 +167,6 @@ class TeacherCache:
         """Teacher labels as STUDENT token ids (identity when the tokenizers are the same)."""
         if student_fp == self.meta.get("vocab_fingerprint"):
             return self.labels
-        from ..tasks.batching import first_token_id
-
         texts = self.meta["label_texts"]
         ids = {int(k): first_token_id(student_tokenizer, v) for k, v in texts.items()}
         return torch.tensor([ids[int(i)] for i in self.labels.tolist()])

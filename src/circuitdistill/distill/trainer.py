@@ -33,14 +33,21 @@ from tqdm.auto import tqdm
 
 from ..circuits.interchange import interchange_logits
 from ..models.hooks import HookedLM, hook_name
+from ..models.registry import load_model, save_derived, save_model_dir
+from ..preflight import input_fingerprints
 from ..tasks.batching import encode_items, first_token_id
-from ..tasks.scoring import forward_inputs
+from ..tasks.io import load_items
+from ..tasks.scoring import evaluate, forward_inputs
 from ..utils import (atomic_path, provenance, save_figure_atomic, seed_everything, sha256_json, versioned,
-                     write_json_atomic)
+                     write_json_atomic, write_jsonl_atomic)
+from .cka import CKAAccumulator
 from .config import DistillConfig
+from .head_params import HEAD_DELTAS_FILE, HeadDeltas, full_model_report, save_head_deltas
 from .losses import check_same_vocab, vocab_fingerprint
 from .losses.terms import TERMS, StepInputs
+from .matching import load_pairing
 from .methods import METHODS, term_names, weight_of
+from .teacher_cache import TeacherCache, teacher_pass
 
 CHECKPOINT = "checkpoint.pt"
 # fields that do not change the trajectory: a resumed run may differ in these (e.g. more steps)
@@ -152,9 +159,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    from ..models.registry import load_model
-    from ..tasks.io import load_items
-
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     method = METHODS[cfg.method]
@@ -172,8 +176,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     local_b = cfg.batch_size // world
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    from ..preflight import input_fingerprints
-
     # what the run reads joins the hash, so a resume after the data or a model changed is refused
     cfg_hash = sha256_json({"config": cfg.model_dump(mode="json", exclude=set(RESUME_MAY_CHANGE)),
                             "inputs": input_fingerprints({"data": cfg.data, "student": cfg.student,
@@ -195,8 +197,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     s_hooked = HookedLM(student, tok)
     cache = teacher = t_hooked = None
     if cfg.teacher_cache:
-        from .teacher_cache import TeacherCache
-
         cache = TeacherCache(cfg.teacher_cache)
         same_tok = cache.meta["vocab_fingerprint"] == vocab_fingerprint(tok)
         answers = encode_items(tok, items[:min(len(items), 64)])["answer_ids"] if same_tok else None
@@ -224,8 +224,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     # --- pairs and trainable parameters ---
     pairs: list[tuple[tuple[int, int], tuple[int, int]]] = []
     if head_only:
-        from .matching import load_pairing
-
         pairing = load_pairing(cfg.pairing)
         s_heads = pairing.student_heads
         t_heads = [p.teacher for p in pairing.pairs]
@@ -236,8 +234,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         pairs = list(zip(s_heads, t_heads))
         if cache is not None and need_rows:
             cache.require_heads([t for _, t in pairs])
-        from .head_params import HeadDeltas
-
         deltas = HeadDeltas(student, s_heads, cfg.gqa_policy)
         params = deltas.parameters()
         report = deltas.report()
@@ -246,8 +242,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         for p in student.parameters():
             p.requires_grad_(True)
         params = [p for p in student.parameters()]
-        from .head_params import full_model_report
-
         report = full_model_report(student)
     pair_keys = [_pair_key(s, t) for s, t in pairs]
     s_layers = sorted({s[0] for s, _ in pairs})
@@ -260,8 +254,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
             raise ValueError(f"{cfg.data}: {len(no_source)} training item(s) have no corrupted_prompt (first: line "
                              f"{no_source[0] + 1}); {cfg.method} patches the matched heads from it")
         if cache is not None:
-            from .teacher_cache import TeacherCache
-
             cf_cache = TeacherCache(cfg.interchange_cache) if cfg.interchange_cache else cache
             if cfg.interchange_cache:
                 cf_cache.check_data(cfg.data, len(items))
@@ -324,8 +316,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
             if need_cf:
                 x.cf_teacher = tuple(t[grows[lo:hi]] for t in cf_cache.cf_topk)
         else:
-            from .teacher_cache import teacher_pass
-
             t_in = local if same_tok else {k: v[lo:hi] for k, v in encode_items(t_tok, [items[i] for i in gidx]).items()}
             t_logits, t_local = teacher_pass(t_hooked, t_in, t_pairs_heads if need_rows else [], cfg.position)
             labels = t_logits.argmax(-1)
@@ -400,8 +390,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     final_eval = _evaluate(cfg, model, tok, eval_items, eval_pairs, accelerator) if eval_items is not None else None
     if deltas is not None:
         if main:
-            from .head_params import HEAD_DELTAS_FILE, save_head_deltas
-
             save_head_deltas(deltas, out / HEAD_DELTAS_FILE, base=cfg.student)
         deltas.merge()
     timed = [r for r in state.rows if "step_time_s" in r]
@@ -414,8 +402,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
                **provenance(cfg.seed, cfg)}
     if main:
         _plot(out / "loss.png", state.rows, cfg)
-        from ..models.registry import save_derived, save_model_dir
-
         meta = {"name": f"{cfg.method}-student", "description": f"{cfg.method} student of {t_name}",
                 "distill": cfg.model_dump(mode="json")}
         save_model_dir(student, tok, out / MODEL_DIR, meta)
@@ -431,8 +417,6 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
 
 def _aligned_pairs(cfg: DistillConfig) -> list[tuple[tuple[int, int], tuple[int, int]]]:
     """The pairs whose held-out alignment is measured: the ALIGNED pairing, whatever partners the loss uses."""
-    from .matching import load_pairing
-
     path = cfg.eval_pairing or cfg.pairing
     return [(p.student, p.teacher) for p in load_pairing(path).pairs] if path else []
 
@@ -471,8 +455,6 @@ def _read_log(path: Path) -> list[dict]:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
-    from ..utils import write_jsonl_atomic
-
     write_jsonl_atomic(path, rows)
 
 
@@ -488,16 +470,11 @@ def _evaluate(cfg: DistillConfig, model, tok, eval_items, pairs, accelerator) ->
     alignment, exact debiased CKA over all eval items between each student head and its aligned partner."""
     res = None
     if accelerator.is_main_process:
-        from ..tasks.scoring import evaluate
-
         inner = _unwrap(model)
         r = evaluate(inner, tok, eval_items, batch_size=cfg.eval_batch_size)
         s = r.summary()
         res = {"n": s["n"], "accuracy": s["accuracy"]["mean"], "candidate_accuracy": s["candidate_accuracy"]["mean"]}
         if cfg.eval_teacher_cache and pairs:
-            from .cka import CKAAccumulator
-            from .teacher_cache import TeacherCache
-
             ec = TeacherCache(cfg.eval_teacher_cache)
             ec.check_data(cfg.eval_data, len(eval_items))
             t_heads = [t for _, t in pairs]

@@ -5,9 +5,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..circuits.method_registry import MethodName
 from ..distill.methods import METHOD_NAMES
+from ..tasks.registry import TaskName
 
-Task = Literal["entity-tracking", "tom"]
 ROWS_DEMO = ("full-kd", "circuit-ce", "circuit-random", "circuit")
 ROWS_PAPER = ("full-kd", "circuit-ce", "circuit-align", "circuit-random", "circuit")
 
@@ -18,7 +19,8 @@ class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     preset: Literal["demo", "paper", "tiny", "custom"] = Field("demo", description="where the defaults came from")
-    task: Task = Field("entity-tracking", description="entity-tracking | tom")
+    task: TaskName = Field("entity-tracking", description="a registered task (tasks/registry.py): "
+                           "entity-tracking | tom")
     out: str = Field("runs/demo", description="output directory: report.md, results.json, PNGs, stages/")
     seeds: list[int] = Field([0], min_length=1, description="training seeds; results report mean ± spread")
     # ---- models ----
@@ -35,13 +37,14 @@ class ExperimentConfig(BaseModel):
     teacher_steps: int = Field(150, ge=1, description="teacher fine-tune step cap")
     teacher_target: float = Field(0.97, gt=0, le=1, description="teacher fine-tune stops at this validation accuracy")
     # ---- data ----
-    boxes: int = Field(7, ge=2, description="entity tracking: boxes per prompt (paper: 7)")
+    boxes: int = Field(7, ge=2, description="the task's size: entity tracking's boxes per prompt (paper: 7)")
     n_train: int = Field(2000, ge=16, description="training items (teacher fine-tune and distillation)")
     n_validation: int = Field(300, ge=16, description="validation items: matching, stopping, curves")
     n_test: int = Field(1000, ge=16, description="held-out test items: the table and McNemar tests")
     data_seed: int = Field(0, description="seed of the data generator")
     # ---- discovery and matching ----
-    discovery_method: Literal["activation", "attribution", "path"] = Field("activation")
+    discovery_method: MethodName = Field("activation", description="a registered discovery method "
+                                  "(circuits/method_registry.py): activation | attribution | path")
     discovery_items: int = Field(64, ge=4, description="items for the discovery sweep")
     circuit_share: float = Field(0.10, gt=0, le=1, description="teacher circuit size as a share of its heads")
     match_by: Literal["ablation", "cka", "identity"] = Field(
@@ -82,7 +85,7 @@ class ExperimentConfig(BaseModel):
         True, description="ablation means per (right-aligned) position, as in Prakash et al.; False: one mean "
         "per head over all positions (discovery found that version destroys every head set alike)")
     mechanism_items: int = Field(100, ge=4, description="items for interchange agreement and re-discovery")
-    compare_items: int = Field(32, ge=4, description="items for the alignment score A (issue 7 analysis)")
+    compare_items: int = Field(32, ge=4, description="items for the alignment score A (compare)")
     analyze_methods: list[str] | None = Field(
         None, description="trained rows that get the mechanism checks and the alignment score A (None: all). "
         "The base student always gets A")
@@ -103,9 +106,9 @@ class ExperimentConfig(BaseModel):
         return self
 
 
-def preset(name: str, task: Task = "entity-tracking", out: str | None = None, **overrides) -> ExperimentConfig:
+def preset(name: str, task: str = "entity-tracking", out: str | None = None, **overrides) -> ExperimentConfig:
     """demo: entity tracking, one seed, the demo rows, sized for <= 40 min on 2 CPU cores.
-    paper: both tasks (one run per task), every row of SPEC §1, 3 seeds, warm and cold students.
+    paper: both tasks (one run per task), every row of the paper's table, 3 seeds, warm and cold students.
     tiny: a seconds-long smoke run on tiny random models (tests)."""
     if name == "demo":
         # head-only rows update ~0.4% of the parameters; at the paper's 2e-5 they barely move in 40 steps, so

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..distill.matching import pairing_warnings
 from ..utils import save_figure_atomic, write_text_atomic  # noqa: E402
 from .stats import mean_spread  # noqa: E402
 
@@ -273,8 +274,6 @@ def _mechanism_lines(v: dict) -> list[str]:
 
 def _pairing_warnings(stage_out: dict) -> list[str]:
     """Recomputed from pairing.json, so runs cached before the check existed are flagged too."""
-    from ..distill.matching import pairing_warnings
-
     path = Path(stage_out.get("pairing", ""))
     if not path.is_file():
         return []

@@ -13,23 +13,37 @@ from pathlib import Path
 
 import torch
 
+from ..analysis.compare import CompareConfig, run_compare
+from ..circuits.ablation import baseline, head_ablation_sweep, head_sweep, mean_head_outputs, parse_positions
+from ..circuits.circuit import Circuit
+from ..circuits.discover import DiscoverConfig, run_discover
+from ..circuits.faithfulness import circuit_only_interventions, faithfulness_report
+from ..distill.config import CacheConfig, DistillConfig, MatchConfig
+from ..distill.matching import load_pairing, match
 from ..distill.methods import HEAD_ONLY, METHODS, fields_read, term_names
+from ..distill.teacher_cache import build_cache
+from ..distill.trainer import train
 from ..models.hooks import HookedLM
-from ..models.registry import BUILTINS, load_model, prepare, resolve, resolve_device, resolve_dtype, save_model_dir
+from ..models.registry import (BUILTINS, load_model, prepare, prepare_tokenizer, resolve, resolve_device,
+                               resolve_dtype, save_model_dir)
+from ..tasks.finetune import FinetuneConfig, drop_checkpoint, finetune
 from ..tasks.io import load_items, save_items
-from ..tasks.schema import TaskItem
+from ..tasks.registry import get_task
+from ..tasks.scoring import evaluate
+from ..tasks.warmup import WARMUP_BOXES, WARMUP_LR, vocab_of, warmup_items, warmup_templates
 from ..utils import provenance, versioned, write_json_atomic
 from .config import ExperimentConfig
+from .mechanism import interchange_agreement
+from .report import write_report
+from .side_effects import load_general_text, perplexity
 from .stages import StageRunner
+from .stats import mcnemar
 
-SHORT = {"entity-tracking": "et", "tom": "tom"}
 MEAN_REFERENCE_ITEMS = 64  # validation items whose head outputs give the ablation means of every circuit-only run
 
 
 def _tokenizer(path: str):
     from transformers import AutoTokenizer
-
-    from ..models.registry import prepare_tokenizer
 
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     prepare_tokenizer(tok)
@@ -58,15 +72,8 @@ def stage_models(cfg: ExperimentConfig) -> dict:
 def stage_data(cfg: ExperimentConfig, models: dict, d: Path) -> dict:
     toks = [_tokenizer(models["teacher"] if "teacher" in models else models["teacher_base"]),
             _tokenizer(models["student"] if "student" in models else models["student_base"])]
-    if cfg.task == "entity-tracking":
-        from ..tasks import entity_tracking as et
-
-        splits = et.make_splits(cfg.n_train, cfg.n_validation, cfg.n_test, cfg.boxes, cfg.data_seed, toks,
-                                corruption="all", disjoint_objects=True)
-    else:
-        from ..tasks import tom
-
-        splits = tom.make_splits(cfg.n_train, cfg.n_validation, cfg.n_test, cfg.data_seed, toks, disjoint_states=True)
+    splits = get_task(cfg.task).real_splits(cfg.n_train, cfg.n_validation, cfg.n_test, cfg.data_seed, toks,
+                                            size=cfg.boxes)
     paths = {}
     for split, items in splits.items():
         paths[split] = str(save_items(d / f"{split}.jsonl", items))
@@ -76,8 +83,6 @@ def stage_data(cfg: ExperimentConfig, models: dict, d: Path) -> dict:
 def _finetune(base: str, items_train, items_val, d: Path, mode: str, task: str, steps: int, target: float,
               lr: float, seed: int, threads: int, batch_size: int = 16, eval_items: int = 100,
               keep_checkpoints: bool = False, device: str = "cpu", dtype: str = "fp32") -> dict:
-    from ..tasks.finetune import FinetuneConfig, drop_checkpoint, finetune
-
     cfg = FinetuneConfig(base=base, name=f"exp-{mode}", task=task, mode=mode, lr=lr, batch_size=batch_size,
                          max_steps=steps, eval_every=10 if mode == "teacher" else 5, eval_items=eval_items,
                          target=target, seed=seed, threads=threads)
@@ -100,19 +105,16 @@ def stage_teacher(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> d
 
 
 def _warm_recipe() -> dict:
-    from ..cli.train_task import WARMUP_BOXES, WARMUP_LR, WARMUP_TEMPLATE
-
-    return {"warm_lr": WARMUP_LR, "warm_boxes": list(WARMUP_BOXES), "warm_template": WARMUP_TEMPLATE}
+    # every registered task's wording (not only cfg.task's): the key earlier runs' warm-up stages were cached under
+    return {"warm_lr": WARMUP_LR, "warm_boxes": list(WARMUP_BOXES), "warm_template": warmup_templates()}
 
 
 def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path) -> dict:
     """The `circuitdistill warmup` recipe: fewer boxes, other wording, objects disjoint from validation/test."""
-    from ..cli.train_task import _vocab_of, warmup_items
-
     recipe = _warm_recipe()
     tok = _tokenizer(models["student_base"])
     val, test = load_items(data["validation"]), load_items(data["test"])
-    avoid = _vocab_of(val) | _vocab_of(test)
+    avoid = vocab_of(val, cfg.task) | vocab_of(test, cfg.task)
     boxes = [b for b in recipe["warm_boxes"] if b < cfg.boxes] or [2]
     items, variant = warmup_items(cfg.task, tok, cfg.data_seed, max(cfg.n_train, 64), avoid, boxes,
                                   recipe["warm_template"][cfg.task])
@@ -126,8 +128,6 @@ def stage_warm_student(cfg: ExperimentConfig, models: dict, data: dict, d: Path)
 
 def stage_discover(cfg: ExperimentConfig, teacher_path: str, data: dict, d: Path) -> dict:
     """The teacher's circuit on validation items (never the test split), via `circuitdistill discover`."""
-    from ..cli.discover import DiscoverConfig, run_discover
-
     n_heads = HookedLM(_load(teacher_path, cfg)[0]).shape.n_total_heads
     top_n = max(1, round(cfg.circuit_share * n_heads))
     dcfg = DiscoverConfig(model=teacher_path, data=Path(data["validation"]), method=cfg.discovery_method,
@@ -138,9 +138,6 @@ def stage_discover(cfg: ExperimentConfig, teacher_path: str, data: dict, d: Path
             "share": circuit.share, "method": cfg.discovery_method}
 
 def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str, data: dict, d: Path) -> dict:
-    from ..distill.config import MatchConfig
-    from ..distill.matching import match
-
     n_student_heads = HookedLM(_load(student, cfg)[0]).shape.n_total_heads
     mcfg = MatchConfig(teacher=teacher, student=student, circuit=circuit, data=data["validation"], out=str(d),
                        by=cfg.match_by, baseline=cfg.match_baseline, normalise=cfg.match_normalise,
@@ -155,9 +152,6 @@ def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str,
 
 
 def stage_cache(cfg: ExperimentConfig, teacher: str, data: dict, d: Path) -> dict:
-    from ..distill.config import CacheConfig
-    from ..distill.teacher_cache import build_cache
-
     train = build_cache(CacheConfig(teacher=teacher, data=data["train"], out=str(d / "train"), heads="all",
                                     num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype))
     return {"train": str(train)}
@@ -165,18 +159,12 @@ def stage_cache(cfg: ExperimentConfig, teacher: str, data: dict, d: Path) -> dic
 
 def stage_cache_validation(cfg: ExperimentConfig, teacher: str, data: dict, d: Path) -> dict:
     """Every teacher head on the validation items: the held-out alignment of every trained row reads it."""
-    from ..distill.config import CacheConfig
-    from ..distill.teacher_cache import build_cache
-
     return {"validation": str(build_cache(CacheConfig(teacher=teacher, data=data["validation"], out=str(d),
                                                       heads="all", num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)))}
 
 
 def stage_cache_interchange(cfg: ExperimentConfig, teacher: str, data: dict, pairing: str, d: Path) -> dict:
     """The teacher's outputs with its paired heads patched from the corrupted prompts (circuit-iit's targets)."""
-    from ..distill.config import CacheConfig
-    from ..distill.teacher_cache import build_cache
-
     return {"interchange": str(build_cache(CacheConfig(teacher=teacher, data=data["train"], out=str(d),
                                                        heads="paired", pairing=pairing, interchange_pairing=pairing,
                                                        num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)))}
@@ -184,9 +172,6 @@ def stage_cache_interchange(cfg: ExperimentConfig, teacher: str, data: dict, pai
 
 def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, teacher: str, cache: dict,
                 pairing: str, data: dict, d: Path, max_train_items: int | None = None) -> dict:
-    from ..distill.config import DistillConfig
-    from ..distill.trainer import train
-
     head_only = method in HEAD_ONLY
     lr = cfg.head_lr if (cfg.head_lr and head_only) else cfg.lr
     dcfg = DistillConfig(method=method, student=student, teacher_cache=cache["train"], data=data["train"],
@@ -213,10 +198,6 @@ def _alignment_summary(start: dict | None, final: dict | None) -> dict | None:
 
 def _circuit_eval(model, tok, items, heads, reference, batch_size, positions: str = "final",
                   per_position: bool = True) -> tuple[list[float], list[float]]:
-    from ..circuits.ablation import mean_head_outputs, parse_positions
-    from ..circuits.faithfulness import circuit_only_interventions
-    from ..tasks.scoring import evaluate
-
     hooked = HookedLM(model, tok)
     full = evaluate(model, tok, items, batch_size=batch_size)
     means = mean_head_outputs(hooked, reference, batch_size=batch_size, per_position=per_position)
@@ -242,8 +223,6 @@ def stage_evaluate(cfg: ExperimentConfig, model_path: str, heads: list, data: di
 def stage_random_control(cfg: ExperimentConfig, model_path: str, circuit: str, data: dict, d: Path) -> dict:
     """Circuit-only accuracy of random head sets of the circuit's size (the faithfulness control); the same
     means (64 validation items) and ablated positions as the circuit-only evaluation of every row."""
-    from ..circuits.faithfulness import faithfulness_report
-
     model, tok = _load(model_path, cfg)
     test = load_items(data["test"])[:200]
     reference = load_items(data["validation"])[:MEAN_REFERENCE_ITEMS]
@@ -255,9 +234,6 @@ def stage_random_control(cfg: ExperimentConfig, model_path: str, circuit: str, d
 def stage_mechanism(cfg: ExperimentConfig, student_path: str, teacher_path: str, pairs: list, base_student: str,
                     data: dict, d: Path) -> dict:
     from scipy.stats import pearsonr, spearmanr
-
-    from ..circuits.ablation import baseline, head_ablation_sweep, head_sweep
-    from .mechanism import interchange_agreement
 
     items = load_items(data["test"])[: cfg.mechanism_items]
     val = load_items(data["validation"])[: cfg.match_items]
@@ -297,16 +273,12 @@ def stage_mechanism(cfg: ExperimentConfig, student_path: str, teacher_path: str,
 
 
 def stage_side_effects(cfg: ExperimentConfig, model_path: str, d: Path) -> dict:
-    from .side_effects import load_general_text, perplexity
-
     header, texts = load_general_text()
     model, tok = _load(model_path, cfg)
     return {"perplexity": perplexity(model, tok, texts), "n_texts": len(texts), "sample": header}
 
 
 def stage_alignment(cfg: ExperimentConfig, teacher_path: str, student_path: str, data: dict, d: Path) -> dict:
-    from ..analysis.compare import CompareConfig, run_compare
-
     ccfg = CompareConfig(teacher=teacher_path, student=student_path, data=data["validation"], out=d,
                          n_items=cfg.compare_items, seed=cfg.data_seed, threads=cfg.threads, progress=False,
                          n_boot=200, prune=False)  # A needs influences and matching only; pruning ~doubles the cost
@@ -418,17 +390,12 @@ def start_run(cfg: ExperimentConfig, config_file: str, log=print) -> tuple[Path,
 
 
 def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
-    from .report import write_report
-    from .stats import mcnemar
-
     t_start = time.time()
     out, R, ctx = start_run(cfg, "config.json", log)
     c = cfg.model_dump(mode="json")
     pick = lambda *keys: _pick(cfg, *keys)  # noqa: E731
     ev_key = eval_key(cfg)
     data, teacher, disc = ctx["data"], ctx["teacher"], ctx["discover"]
-    from ..circuits.circuit import Circuit
-
     circuit = Circuit.load(disc["circuit"])
     results: dict = {"config": c, "teacher": {"model": teacher, "circuit": disc}, "variants": {}}
     results["teacher"]["eval"] = R.run("eval-teacher", ev_key, lambda d: stage_evaluate(
@@ -510,6 +477,4 @@ def _mcnemar_table(vres: dict, teacher_eval: dict, mcnemar) -> dict:
 
 
 def _pair_teachers(pairing_path: str) -> list:
-    from ..distill.matching import load_pairing
-
     return [list(p.teacher) for p in load_pairing(pairing_path).pairs]

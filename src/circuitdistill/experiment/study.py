@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from ..utils import write_text_atomic
+from ..utils import save_figure_atomic, write_text_atomic
 from .config import ExperimentConfig, preset
+from .runner import eval_key, finish_run, stage_evaluate, start_run, train_row
+from .stats import mcnemar
 
 ROWS_STUDY = ("full-kd", "circuit-ce", "circuit", "circuit-procrustes", "circuit-iit", "circuit-random")
 COMPARE_TO = ("circuit-ce", "full-kd")
@@ -46,9 +48,6 @@ def study_preset(name: str = "demo", out: str | None = None, **overrides) -> Stu
 
 
 def run_study(cfg: StudyConfig, log=print) -> dict:
-    from .runner import eval_key, finish_run, stage_evaluate, start_run, train_row
-    from .stats import mcnemar
-
     t0 = time.time()
     out, R, ctx = start_run(cfg, "study_config.json", log)
     res: dict = {"config": cfg.model_dump(mode="json"), "variants": {}}
@@ -129,8 +128,6 @@ def write_study_report(res: dict, out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..utils import save_figure_atomic
 
     cfg = res["config"]
     lines = [f"# circuitdistill study: {cfg['task']}", "",

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..utils import cache_home, provenance, sha256_json, versioned, write_json_atomic
 from . import registry
+from .general_text import load_passages, perplexity, split_passages
 from .heal import HealConfig, heal
 from .prune import angular_distances, check_drop, least_important_block, parse_layer_spec, prune_layers
 
@@ -86,8 +87,6 @@ def derive(cfg: DeriveConfig, texts: Sequence[str] | None = None, resume: bool =
 
     ``texts``: general-text passages (default: the cached public-domain corpus, see ``general_text``).
     """
-    from .general_text import load_passages, perplexity, split_passages
-
     n_layers = validate(cfg)
     torch.set_num_threads(cfg.heal.threads)
     t0 = time.perf_counter()

@@ -20,9 +20,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from ..models import registry
 from ..utils import (UserError, batch_indices, make_temp_dir, optimizer_step, provenance,  # noqa: F401
                      set_open_modes_below, sha256_file, sha256_json, versioned, write_json_atomic)
 from .batching import encode_items
+from .registry import TaskName
 from .schema import TaskItem
 from .scoring import evaluate, forward_inputs
 
@@ -32,7 +34,7 @@ class FinetuneConfig(BaseModel):
 
     base: str = Field("smollm2-135m", description="model to start from (registry name or directory)")
     name: str = Field(..., min_length=1, description="cache name the result is saved under")
-    task: Literal["entity-tracking", "tom"] = "entity-tracking"
+    task: TaskName = Field("entity-tracking", description="a registered task (tasks/registry.py)")
     mode: Literal["teacher", "warmup"] = "teacher"
     lr: float = Field(3e-5, gt=0, le=1.0)
     weight_decay: float = Field(0.0, ge=0)
@@ -127,8 +129,6 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
              progress: bool = True, save_to: str | Path | None = None, overwrite: bool = False) -> dict:
     """Fine-tune ``cfg.base`` (or the given model) and save it as ``cfg.name`` (or into the directory ``save_to``,
     which must be new, empty or a model we saved unless ``overwrite``); returns the run record."""
-    from ..models import registry
-
     if not train_items:
         raise ValueError("no training items")
     if not val_items:

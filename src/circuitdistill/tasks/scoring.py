@@ -18,23 +18,19 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..models.hooks import HookedLM
 from . import metrics as M
-from .batching import encode_items, model_inputs
+from .batching import encode_items, left_padded_position_ids, model_inputs
 from .schema import TaskItem
 
 Interventions = Sequence | Callable[[dict], Sequence] | None
 BINARY = ("accuracy", "candidate_accuracy")
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """0 at each row's first real token, counting up; padding gets 0 (it is masked anyway)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
 def forward_inputs(batch: dict) -> dict:
     """What the HF forward takes, plus left-padding-aware position ids."""
     out = dict(model_inputs(batch))
-    out["position_ids"] = position_ids(batch["attention_mask"])
+    out["position_ids"] = left_padded_position_ids(batch["attention_mask"])
     return out
 
 
@@ -134,8 +130,6 @@ def evaluate(model, tokenizer, items: Sequence[TaskItem], batch_size: int = 32, 
     was_training = model.training
     model.eval()
     if interventions is not None and hooked is None:
-        from ..models.hooks import HookedLM
-
         hooked = HookedLM(model, tokenizer)
     has_corr = all(it.corrupted_answer is not None for it in items)
     acc, cacc, lp, ld = [], [], [], []

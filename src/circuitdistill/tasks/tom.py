@@ -24,8 +24,9 @@ from __future__ import annotations
 import random
 from typing import Iterator, Sequence
 
+from .entity_tracking import splits_without_repeats
 from .schema import TaskItem
-from .vocab import require, single_token_words, word_list
+from .vocab import is_single_token, require, single_token_words, word_list
 
 TASK = "tom"
 UNKNOWN = "unknown"
@@ -84,8 +85,6 @@ def name_vocab(tokenizers: Sequence, words: Sequence[str] | None = None) -> list
 
 
 def _check_unknown(tokenizers: Sequence) -> None:
-    from .vocab import is_single_token
-
     bad = [getattr(t, "name_or_path", "?") for t in tokenizers if not is_single_token(t, UNKNOWN, "Answer:")]
     if bad:
         raise ValueError(f"' {UNKNOWN}' is not a single token for tokenizer(s) {bad}; ToM answers must be single tokens")
@@ -188,8 +187,6 @@ def make_splits(n_train: int, n_validation: int, n_test: int, seed: int, tokeniz
                 template: str = "story", disjoint_states: bool = False,
                 states: Sequence[str] | None = None) -> dict[str, list[TaskItem]]:
     """train / validation / test with no prompt repeated across splits; optionally disjoint state vocabularies."""
-    from .entity_tracking import splits_without_repeats
-
     return splits_without_repeats(
         (n_train, n_validation, n_test), state_vocab(tokenizers, states), seed, disjoint_states,
         lambda n, k_seed, vocab, split, exclude, extra: generate(n, k_seed, tokenizers, corruption, template,

@@ -9,6 +9,10 @@ from functools import lru_cache
 from importlib import resources
 from typing import Iterable, Sequence
 
+from ..models import registry
+
+from ..models.tiny import gpt2_tokenizer
+
 RESOURCE_LISTS = ("nouns", "names", "containers", "states")
 
 
@@ -60,12 +64,8 @@ def require(words: Sequence[str], need: int, what: str, tokenizers: Sequence) ->
 def load_tokenizer(name: str):
     """Tokenizer only (no weights) for a model name: registry names/dirs, or ``gpt2`` for the offline GPT-2 BPE."""
     if name in ("gpt2", "gpt2-tokenizer"):
-        from ..models.tiny import gpt2_tokenizer
-
         return gpt2_tokenizer()
     from transformers import AutoTokenizer
-
-    from ..models import registry
 
     path = registry.resolve(name)
     try:

@@ -1,4 +1,4 @@
-"""Baselines for teacher tracing (SPEC §4): perplexity under each teacher, and lexical similarity.
+"""Baselines for teacher tracing: perplexity under each teacher, and lexical similarity.
 
 * :func:`perplexity_scores` - mean negative log-likelihood of each text's answer tokens under each candidate
   teacher, conditioned on the instruction in that teacher's own prompt format. Attribution = lowest perplexity.

@@ -25,27 +25,14 @@ from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..models import registry
 from ..utils import provenance, seed_everything, sha256_json, versioned, write_json_atomic, write_text_atomic
 from .io import append_jsonl, compact_jsonl, read_done, read_jsonl
-
-# Distinct system-prompt "personas" of one model. They are NOT different teachers: a persona teacher is the
-# same weights with a different system prompt, and every report labels it as such.
-PERSONAS: dict[str, str] = {
-    "terse": "You are a terse assistant. Answer in short, plain sentences without lists or formatting.",
-    "teacher": "You are a friendly school teacher. Explain things step by step with simple examples.",
-}
-
-
-def split_teacher(spec: str) -> tuple[str, str | None]:
-    """``model`` or ``model@persona``."""
-    if "@" in spec:
-        model, persona = spec.split("@", 1)
-        if persona not in PERSONAS:
-            raise ValueError(f"unknown persona {persona!r} in teacher {spec!r}; personas: {', '.join(PERSONAS)}")
-        return model, persona
-    return spec, None
+from .report import experiment_report
+from .teachers import chat_prompt, load_teacher, split_teacher
 
 
 def default_instructions_path() -> Path:
@@ -115,16 +102,6 @@ def safe_name(spec: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ generation
-
-def chat_prompt(tok, instruction: str, system: str | None = None) -> str:
-    msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": instruction}]
-    if getattr(tok, "chat_template", None):
-        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    # no chat template (a base model, e.g. the gemma3-270m GGUF): plain format, with the model's BOS token, which
-    # we must add ourselves because prompts are encoded with add_special_tokens=False (Gemma degenerates without it)
-    bos = tok.bos_token if tok.bos_token and tok.bos_token != tok.eos_token else ""
-    return bos + (system + "\n\n" if system else "") + f"Instruction: {instruction}\nAnswer:"
-
 
 @torch.no_grad()
 def generate_answers(model, tok, rows: list[dict], out_path: Path, dec: DecodingConfig, seed: int,
@@ -210,10 +187,6 @@ def _trainable(model, train_layers: int) -> list[torch.nn.Parameter]:
 
 def train_student(teacher: str, data: list[dict], cfg: ExperimentConfig, ckpt_dir: Path) -> tuple[str, dict]:
     """Fine-tune ``cfg.student.base`` on one teacher's answers; resume from ``ckpt_dir``; return (name, info)."""
-    from safetensors.torch import load_file, save_file
-
-    from ..models import registry
-
     sc = cfg.student
     name = f"trace-student-{safe_name(teacher)}-{sha256_json([teacher, sc.model_dump(), cfg.seed, cfg.n_train, sorted(r['id'] for r in data)])[:8]}"
     if registry.is_prepared(name) or (registry.cached_dir(name) / "config.json").exists():
@@ -287,18 +260,8 @@ def train_student(teacher: str, data: list[dict], cfg: ExperimentConfig, ckpt_di
 
 # ------------------------------------------------------------------------------------------------ run
 
-def _load_teacher(spec: str):
-    from ..models import registry
-
-    model_name, persona = split_teacher(spec)
-    model, tok = registry.load_model(model_name)
-    return model, tok, (PERSONAS[persona] if persona else None)
-
-
 def available_teachers(specs: list[str]) -> tuple[list[str], dict[str, str]]:
     """Split teacher specs into those that load offline and those that don't (with the reason)."""
-    from ..models import registry
-
     ok, missing = [], {}
     for s in specs:
         name, _ = split_teacher(s)
@@ -341,7 +304,7 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
                 teacher_texts[t] = [done[r["id"]] for r in train_rows if r["id"] in done]
                 continue
             t0 = time.time()
-            model, tok, system = _load_teacher(t)
+            model, tok, system = load_teacher(t)
             teacher_texts[t] = generate_answers(model, tok, train_rows, path, cfg.decoding, cfg.seed, system=system,
                                                 source=t, desc=f"teacher {t}")
             del model
@@ -360,8 +323,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
 
     student_texts: dict[str, list[dict]] = {}
     if "student_gen" in cfg.stages:
-        from ..models import registry
-
         for t in teachers:
             path = out / "students" / f"{safe_name(t)}.jsonl"
             t0 = time.time()
@@ -377,8 +338,6 @@ def run_experiment(cfg: ExperimentConfig) -> dict:
 
     result: dict = {"teachers": teachers, "teachers_missing": missing, "timings_s": timings}
     if "trace" in cfg.stages:
-        from .report import experiment_report
-
         if not student_texts:
             for t in teachers:
                 done = read_done(out / "students" / f"{safe_name(t)}.jsonl")

@@ -12,6 +12,8 @@ from typing import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..utils import write_jsonl_atomic
+
 
 class TraceInputError(ValueError):
     """Bad tracer input; the message names every offending file:line and what to fix."""
@@ -140,8 +142,6 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 def compact_jsonl(path: str | os.PathLike, key: str = "id") -> list[dict]:
     """Rewrite an append-only JSONL keeping one row per key (drops torn lines); return the rows."""
-    from ..utils import write_jsonl_atomic
-
     rows = list(read_done(path, key).values())
     write_jsonl_atomic(path, rows)
     return rows

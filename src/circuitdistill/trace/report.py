@@ -9,8 +9,11 @@ from typing import Sequence
 import numpy as np
 
 from ..utils import save_figure_atomic, versioned, write_json_atomic, write_text_atomic
+from .baselines import perplexity_scores, similarity_scores
 from .classifier import Tracer, TracerConfig
 from .io import TextRecord
+from .taggers import get_tagger, tag_texts
+from .teachers import chat_prompt, load_teacher
 
 
 def confusion(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> list[list[int]]:
@@ -98,10 +101,6 @@ def experiment_report(cfg, teachers: list[str], teacher_texts: dict[str, list[di
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.linear_model import LogisticRegression
 
-    from .baselines import perplexity_scores, similarity_scores
-    from .experiment import _load_teacher, chat_prompt
-    from .taggers import get_tagger, tag_texts
-
     tr = [(r["text"], t) for t in teachers for r in teacher_texts[t]]
     te = [(r, t) for t in teachers for r in student_texts[t]]
     if not tr or not te:
@@ -135,7 +134,7 @@ def experiment_report(cfg, teachers: list[str], teacher_texts: dict[str, list[di
     S = similarity_scores(tr_texts, tr_labels, te_texts, teachers)
     methods["similarity"] = {"pred": [teachers[i] for i in S.argmax(1)], "seconds": round(time.time() - t0, 1)}
     t0 = time.time()
-    PPL = perplexity_scores(te_instr, te_texts, teachers, _load_teacher, chat_prompt)
+    PPL = perplexity_scores(te_instr, te_texts, teachers, load_teacher, chat_prompt)
     methods["perplexity"] = {"pred": [teachers[i] for i in PPL.argmin(1)], "seconds": round(time.time() - t0, 1),
                              "mean_ppl": {f"student<-{t}": {u: round(float(PPL[np.array(te_labels) == t, j].mean()), 2)
                                                              for j, u in enumerate(teachers)} for t in teachers}}

@@ -1,0 +1,1 @@
+"""One module per discovery method; each registers its ``DiscoveryMethod`` when imported."""

@@ -1,0 +1,1 @@
+"""One module per task; each registers its ``Task`` with ``tasks.registry.register`` when imported."""
