@@ -39,7 +39,8 @@ def test_tiny_study_grid(pair, tmp_path, monkeypatch):
             assert r["alignment_after"] is not None
             others = {"circuit-ce", "full-kd"} - {m}
             assert set(r["mcnemar"]) == others
-            for t in r["mcnemar"].values():
+            assert set(r["mcnemar_circuit"]) == others  # circuit-only accuracy gets the same paired tests
+            for t in [*r["mcnemar"].values(), *r["mcnemar_circuit"].values()]:
                 assert 0 <= t["pooled"]["p_value"] <= 1 and set(t["per_seed"]) == {"0", "1"}
     # the data budget really limits the items: the two budgets train different rows
     trains = [k for k in res["timings"] if k.startswith("train-")]

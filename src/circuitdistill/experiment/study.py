@@ -85,28 +85,37 @@ def steps_to_reach(steps: list[int], acc: list[float], threshold: float) -> int 
     return next((s for s, a in zip(steps, acc) if a >= threshold), None)
 
 
+def _paired_tests(items: dict, method: str, seeds, mcnemar) -> dict:
+    """McNemar of ``method`` against each of COMPARE_TO on the same test items: per seed, and pooled over seeds."""
+    tests = {}
+    for other in COMPARE_TO:
+        if other == method or not items.get(other) or not items.get(method):
+            continue
+        common = [s for s in seeds if s in items[other]]
+        tests[other] = {"per_seed": {s: mcnemar(items[method][s], items[other][s]) for s in common},
+                        "pooled": mcnemar(sum((items[method][s] for s in common), []),
+                                          sum((items[other][s] for s in common), []))}
+    return tests
+
+
 def _summarise(grid: dict, cfg: StudyConfig, mcnemar) -> dict:
     out: dict = {}
     for budget, rows in grid.items():
-        items = {m: {s: json.loads(Path(r["per_item"]).read_text())["full"] for s, r in seeds.items()
-                     if r["per_item"]} for m, seeds in rows.items()}
+        per_item = {m: {s: json.loads(Path(r["per_item"]).read_text()) for s, r in seeds.items() if r["per_item"]}
+                    for m, seeds in rows.items()}
+        full = {m: {s: v["full"] for s, v in d.items()} for m, d in per_item.items()}
+        circ = {m: {s: v["circuit"] for s, v in d.items()} for m, d in per_item.items()}
         for method, seeds in rows.items():
             curves = {s: _curve(r["log"]) for s, r in seeds.items()}
             reach = {str(t): {s: steps_to_reach(*c, t) for s, c in curves.items()} for t in cfg.thresholds}
             held = [r["heldout_alignment"] for r in seeds.values() if r["heldout_alignment"]]
-            tests = {}
-            for other in COMPARE_TO:
-                if other == method or not items.get(other) or not items.get(method):
-                    continue
-                per_seed = {s: mcnemar(items[method][s], items[other][s]) for s in seeds if s in items[other]}
-                common = [s for s in seeds if s in items[other]]
-                pooled = mcnemar(sum((items[method][s] for s in common), []), sum((items[other][s] for s in common), []))
-                tests[other] = {"per_seed": per_seed, "pooled": pooled}
             out.setdefault(budget, {})[method] = {
                 "test_full": [r["test_full"] for r in seeds.values() if r["test_full"] is not None],
                 "test_circuit": [r["test_circuit"] for r in seeds.values() if r["test_circuit"] is not None],
                 "val_final": [c[1][-1] for c in curves.values() if c[1]],
-                "curves": curves, "steps_to_reach": reach, "mcnemar": tests,
+                "curves": curves, "steps_to_reach": reach,
+                "mcnemar": _paired_tests(full, method, seeds, mcnemar),
+                "mcnemar_circuit": _paired_tests(circ, method, seeds, mcnemar),
                 "alignment_before": float(np.mean([h["before"] for h in held])) if held else None,
                 "alignment_after": float(np.mean([h["after"] for h in held])) if held else None}
     return out
@@ -145,8 +154,9 @@ def write_study_report(res: dict, out: Path) -> Path:
         lines += [f"## Student: {v} (`{vr['student']}`), base test accuracy {base}", "",
                   "| budget | method | final validation accuracy (mean ± sd) | test accuracy (mean ± sd) | " +
                   " | ".join(f"steps to {t} (per seed)" for t in cfg["thresholds"]) +
-                  " | vs circuit-ce: pooled p | vs full-kd: pooled p | held-out CKA before → after |",
-                  "|---|---|---|---|" + "---|" * len(cfg["thresholds"]) + "---|---|---|"]
+                  " | vs circuit-ce: pooled p | vs full-kd: pooled p | circuit-only test accuracy | circuit-only vs "
+                  "circuit-ce: pooled p | held-out CKA before → after |",
+                  "|---|---|---|---|" + "---|" * len(cfg["thresholds"]) + "---|---|---|---|---|"]
         for budget, rows in g.items():
             for m, r in rows.items():
                 acc = np.array(r["test_full"])
@@ -162,8 +172,13 @@ def write_study_report(res: dict, out: Path) -> Path:
                     o = np.mean(rows[other]["test_full"])
                     cmp.append(f"{_verb(acc.mean(), o, t['pooled']['p_value'])} ({t['pooled']['p_value']:.3g})")
                 al = "–" if r["alignment_after"] is None else f"{r['alignment_before']:.3f} → {r['alignment_after']:.3f}"
+                tc = r.get("mcnemar_circuit", {}).get("circuit-ce")
+                circ_cmp = "–"
+                if tc is not None:
+                    p = tc["pooled"]["p_value"]
+                    circ_cmp = f"{_verb(np.mean(r['test_circuit']), np.mean(rows['circuit-ce']['test_circuit']), p)} ({p:.3g})"
                 lines.append(f"| {budget} | {m} | {val} | {_mean_sd(r['test_full'])} | " + " | ".join(reach) + " | " +
-                             " | ".join(cmp) + f" | {al} |")
+                             " | ".join(cmp) + f" | {_mean_sd(r['test_circuit'])} | {circ_cmp} | {al} |")
         fig, axes = plt.subplots(1, len(g), figsize=(5 * len(g), 3.6), squeeze=False)
         for ax, (budget, rows) in zip(axes[0], g.items()):
             for m, r in rows.items():
