@@ -234,15 +234,15 @@ def apply_head_deltas(model: nn.Module, path) -> dict:
 
 
 def _base_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Model parameters without the delta tensors (parametrised originals count once)."""
-    out = []
+    """Model parameters without the delta tensors (parametrised originals and tied weights count once)."""
+    out: dict[int, nn.Parameter] = {}
     for mod in model.modules():
         if isinstance(mod, SliceDelta):
             continue
         for n, p in mod.named_parameters(recurse=False):
-            out.append(p)
+            out.setdefault(id(p), p)
     deltas = {id(p) for m in model.modules() if isinstance(m, SliceDelta) for p in m.deltas}
-    return [p for p in out if id(p) not in deltas]
+    return [p for i, p in out.items() if i not in deltas]
 
 
 def full_model_report(model: nn.Module) -> dict:
