@@ -66,7 +66,7 @@ def run_study(cfg: StudyConfig, log=print) -> dict:
                         "log": tr["log"], "per_item": ev["per_item"], "test_full": ev["full"],
                         "test_circuit": ev["circuit"], "heldout_alignment": tr.get("heldout_alignment")}
         res["variants"][v] = {"student": st["student"], "pairing": st["match"]["pairing"], "base_test": base["full"],
-                              "grid": _summarise(grid, cfg, mcnemar)}
+                              "grid": _summarise(grid, cfg)}
     return finish_run(cfg, R, res, t0, out / "study.json", write_study_report)
 
 
@@ -85,7 +85,7 @@ def steps_to_reach(steps: list[int], acc: list[float], threshold: float) -> int 
     return next((s for s, a in zip(steps, acc) if a >= threshold), None)
 
 
-def _paired_tests(items: dict, method: str, seeds, mcnemar) -> dict:
+def _paired_tests(items: dict, method: str, seeds) -> dict:
     """McNemar of ``method`` against each of COMPARE_TO on the same test items: per seed, and pooled over seeds."""
     tests = {}
     for other in COMPARE_TO:
@@ -98,7 +98,7 @@ def _paired_tests(items: dict, method: str, seeds, mcnemar) -> dict:
     return tests
 
 
-def _summarise(grid: dict, cfg: StudyConfig, mcnemar) -> dict:
+def _summarise(grid: dict, cfg: StudyConfig) -> dict:
     out: dict = {}
     for budget, rows in grid.items():
         per_item = {m: {s: json.loads(Path(r["per_item"]).read_text()) for s, r in seeds.items() if r["per_item"]}
@@ -114,8 +114,8 @@ def _summarise(grid: dict, cfg: StudyConfig, mcnemar) -> dict:
                 "test_circuit": [r["test_circuit"] for r in seeds.values() if r["test_circuit"] is not None],
                 "val_final": [c[1][-1] for c in curves.values() if c[1]],
                 "curves": curves, "steps_to_reach": reach,
-                "mcnemar": _paired_tests(full, method, seeds, mcnemar),
-                "mcnemar_circuit": _paired_tests(circ, method, seeds, mcnemar),
+                "mcnemar": _paired_tests(full, method, seeds),
+                "mcnemar_circuit": _paired_tests(circ, method, seeds),
                 "alignment_before": float(np.mean([h["before"] for h in held])) if held else None,
                 "alignment_after": float(np.mean([h["after"] for h in held])) if held else None}
     return out
