@@ -149,18 +149,14 @@ def _verdict(results: dict, vname: str) -> str:
     parts = []
     for mine in mc:
         for other in ("full-kd", "circuit-ce"):
-            if other in st:
-                ps = [m["p_value"] for m in mc[mine].get(other, {}).values()]
+            if other in st and other != mine and mc[mine].get(other):
+                ps = [m["p_value"] for m in mc[mine][other].values()]
                 better = st[mine] > st[other]
                 sig = bool(ps) and max(ps) < 0.05
                 # "beats" / "below" need p < 0.05; otherwise the two are level
                 verb = ("beats" if better else "is below") if sig else "is level with"
                 parts.append(f"`{mine}` {verb} `{other}` on held-out accuracy "
                              f"({st[mine]:.3f} vs {st[other]:.3f}; McNemar p {', '.join(f'{p:.3g}' for p in ps)})")
-    if "circuit-random" in st and "circuit-ce" in st:
-        worse = st["circuit-random"] < st["circuit-ce"]
-        parts.append(f"`circuit-random` is {'worse' if worse else 'NOT worse'} than `circuit-ce` "
-                     f"({st['circuit-random']:.3f} vs {st['circuit-ce']:.3f})")
     return "**Result.** " + "; ".join(parts) + "." if parts else ""
 
 

@@ -455,14 +455,14 @@ def finish_run(cfg: ExperimentConfig, R: StageRunner, results: dict, t_start: fl
 
 
 def _mcnemar_table(vres: dict, teacher_eval: dict, mcnemar) -> dict:
-    """McNemar of every circuit-alignment row (circuit, circuit-procrustes, circuit-iit) against every other row
-    and the teacher, per seed, on the same test items (full accuracy)."""
+    """McNemar of every circuit-alignment row (circuit, circuit-procrustes, circuit-iit) and of the random-partner
+    control against every other row and the teacher, per seed, on the same test items (full accuracy)."""
     def items(ev):
         return json.loads(Path(ev["per_item"]).read_text())["full"]
 
     table: dict = {}
     teacher_items = items(teacher_eval)
-    for mine in [m for m in vres["rows"] if m in METHODS and METHODS[m].partners == "aligned"
+    for mine in [m for m in vres["rows"] if m in METHODS and METHODS[m].partners is not None
                  and len(METHODS[m].terms) > 1]:
         for seed, ev in vres["rows"][mine]["seeds"].items():
             a = items(ev)
