@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,8 @@ def test_tiny_experiment_writes_every_artifact_and_reuses_its_stages(tiny_pair, 
             per_item = json.loads(open(ev["per_item"]).read())
             assert len(per_item["full"]) == cfg.n_test
     mc = results["variants"]["warm"]["mcnemar"]
-    assert set(mc) == {"circuit", "circuit-iit"}  # every aligned-pair row is tested against the others
+    # every aligned-pair row, and the random-partner control, is tested against the others
+    assert set(mc) == {"circuit", "circuit-iit", "circuit-random"}
     assert set(mc["circuit"]) >= {"full-kd", "circuit-ce", "circuit-random", "circuit-iit", "base student", "teacher"}
     assert all(0.0 <= v["p_value"] <= 1.0 for m in mc.values() for o in m.values() for v in o.values())
     held = results["variants"]["warm"]["heldout_alignment"]
@@ -67,3 +69,31 @@ def test_tiny_experiment_writes_every_artifact_and_reuses_its_stages(tiny_pair, 
     res3 = run_experiment(cfg.model_copy(update={"lam": cfg.lam * 2}), log=logs.append)
     retrained = {k for k, t in res3["timings"].items() if k.startswith("train-") and not t["cached"]}
     assert retrained == {"train-warm-circuit-random-s0", "train-warm-circuit-s0"}  # not circuit-iit: no lambda
+
+
+def test_tiny_experiment_runs_on_a_shallower_student_with_other_head_counts(tmp_path, monkeypatch):
+    """The compression shape: a 4-layer teacher with 4 heads and a 2-layer student with 2 heads; pairings and
+    every row must keep each model's own layer indices."""
+    monkeypatch.setenv("CIRCUITDISTILL_HOME", str(tmp_path / "home"))
+    tok = gpt2_tokenizer()
+    paths = {}
+    for name, layers, heads in (("teacher", 4, 4), ("student", 2, 2)):
+        tiny_model("llama", seed=layers, n_layers=layers, n_heads=heads, n_kv_heads=heads // 2).save_pretrained(
+            tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        paths[name] = str(tmp_path / name)
+    cfg = preset("tiny", "entity-tracking", str(tmp_path / "run"), teacher_base=paths["teacher"],
+                 student_base=paths["student"], methods=["full-kd", "circuit-ce", "circuit-random", "circuit"])
+    res = run_experiment(cfg, log=lambda *_: None)
+    warm = res["variants"]["warm"]
+    circuit = json.loads(Path(res["teacher"]["circuit"]["circuit"]).read_text())
+    assert circuit["heads"] and all(0 <= h["layer"] < 4 and 0 <= h["head"] < 4 for h in circuit["heads"])
+    (pairing_file,) = (tmp_path / "run" / "stages").glob("match-warm-*/pairing.json")
+    pairs = json.loads(pairing_file.read_text())["pairs"]
+    assert pairs and all(0 <= p["teacher"][0] < 4 and 0 <= p["teacher"][1] < 4 and 0 <= p["student"][0] < 2
+                         and 0 <= p["student"][1] < 2 for p in pairs)
+    assert set(warm["rows"]) == {"base student", "full-kd", "circuit-ce", "circuit-random", "circuit"}
+    assert all(0.0 <= ev["full"] <= 1.0 for row in warm["rows"].values() for ev in row["seeds"].values())
+    for part in ("mechanism", "alignment"):
+        assert all(r and "error" not in r for r in warm[part].values()), (part, warm[part])
+    assert all(h["0"] for h in warm["heldout_alignment"].values())
