@@ -82,6 +82,11 @@ def _help(field: FieldInfo) -> str:
             + (f" [choices: {', '.join(map(str, choices))}]" if choices else ""))
 
 
+def comma_separated(values: Iterable[str] | None) -> list[str] | None:
+    """A repeatable option's values, each split at commas (None: not given)."""
+    return None if values is None else [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
 @dataclass(frozen=True)
 class _Field:
     """One (possibly nested) config field as a command-line parameter."""
@@ -107,7 +112,7 @@ class _Field:
 
     def value(self, given: Any) -> Any:
         if _is_sequence(self.info.annotation):
-            return [part.strip() for v in given for part in v.split(",") if part.strip()]
+            return comma_separated(given)
         return given
 
 
