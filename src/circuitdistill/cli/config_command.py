@@ -34,11 +34,11 @@ PRINT_CONFIG_OPTION = typer.Option(False, "--print-config", help="print the reso
                                    "JSON and exit without running")
 
 
-def switch(name: str, help: str, default: bool = False) -> inspect.Parameter:
+def switch(name: str, help_text: str, default: bool = False) -> inspect.Parameter:
     """A command parameter that is no config field: an on/off flag."""
     opt = "--" + name.replace("_", "-")
     decls = [f"{opt}/--no-{opt[2:]}"] if default else [opt]
-    return inspect.Parameter(name, _KW, default=typer.Option(default, *decls, help=help), annotation=bool)
+    return inspect.Parameter(name, _KW, default=typer.Option(default, *decls, help=help_text), annotation=bool)
 
 
 OVERWRITE = switch("overwrite", "replace the results of an earlier run in the output directory (or write into a "
