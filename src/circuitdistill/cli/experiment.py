@@ -39,20 +39,21 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def resolve(cls: type[BaseModel], make_base: Callable[[dict], BaseModel], config: str | None, named: dict,
             pairs: list[str]) -> BaseModel:
-    """The preset (``make_base`` of the file's and the options' values), then the file, the named options (None:
-    not given) and the --set pairs, validated as ``cls``."""
+    """The preset (``make_base`` of the values given), then the file, the named options (None: not given) and the
+    --set pairs, validated as ``cls``."""
     sets = parse_overrides(pairs)
     for key in sets:
         if key not in cls.model_fields:
             raise UserError(f"--set {key}: no such field of {cls.__name__} (--print-config lists them)")
     file = read_config_file(cls, config) if config else {}
-    given = {k: v for k, v in named.items() if v is not None}
+    given = {**file, **{k: v for k, v in named.items() if v is not None}, **sets}
+    labels = {(k,): "--" + k.replace("_", "-") for k in named}
+    validated(cls, given, labels, config)  # a bad value is named here, before the preset is built from it
     try:
-        base = make_base({**file, **given}).model_dump()
+        base = make_base(given).model_dump()
     except ValueError as e:
         raise UserError(str(e)) from None
-    labels = {(k,): "--" + k.replace("_", "-") for k in named}
-    return validated(cls, {**base, **file, **given, **sets}, labels, config)
+    return validated(cls, {**base, **given}, labels, config)
 
 
 def experiment_cmd(
