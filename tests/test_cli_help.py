@@ -3,23 +3,11 @@ without rich markup, which used to swallow the `[default: ...]` and `[choices: .
 from __future__ import annotations
 
 import pytest
-from typer.main import get_command
 from typer.testing import CliRunner
 
 from circuitdistill.cli.main import app
 
-ROOT = get_command(app)
-
-
-def _commands(cmd=ROOT, path=()):
-    if hasattr(cmd, "commands"):
-        for name, sub in sorted(cmd.commands.items()):
-            yield from _commands(sub, (*path, name))
-    else:
-        yield path, cmd
-
-
-COMMANDS = dict(_commands())
+from _cli_tree import COMMANDS
 
 
 def _shows_a_default(opt) -> bool:

@@ -10,7 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import circuitdistill.distill.trainer  # noqa: F401  (bound to the real functions before any test patches them)
+# imported before any test patches what they import, so they hold the real functions
+import circuitdistill.circuits.discovery_methods.activation  # noqa: F401
+import circuitdistill.distill.trainer  # noqa: F401
 import circuitdistill.tasks.finetune  # noqa: F401
 from circuitdistill.cli.main import app
 from circuitdistill.models import registry

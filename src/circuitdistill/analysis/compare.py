@@ -42,27 +42,32 @@ class CompareConfig(BaseModel):
     teacher: str = Field(description="teacher model: built-in name, derived name or local directory")
     student: str = Field(description="student model: built-in name, derived name or local directory")
     data: Path = Field(description="task items, JSONL (circuitdistill.tasks.schema.TaskItem per line)")
-    out: Path = Field(description="output directory")
+    out: Path = Field(description="output directory (compare.json, compare.md, PNGs)")
     n_items: int = Field(64, ge=4, description="items drawn (seeded) from the data file; all if fewer")
-    seed: int = 0
-    metric: Literal["logit_diff", "logprob", "accuracy"] = "logit_diff"
-    ablation: Literal["zero", "mean"] = "zero"
-    head_similarity: Literal["pattern", "cka"] = "pattern"
-    matching: Literal["greedy", "hungarian"] = "greedy"
+    seed: int = Field(0, description="seed of the item draw and the bootstrap")
+    metric: Literal["logit_diff", "logprob", "accuracy"] = Field(
+        "logit_diff", description="the metric whose drop is a component's influence")
+    ablation: Literal["zero", "mean"] = Field("zero", description="how a component is knocked out")
+    head_similarity: Literal["pattern", "cka"] = Field(
+        "pattern", description="pattern (cosine of attention patterns) | cka (head outputs)")
+    matching: Literal["greedy", "hungarian"] = Field("greedy", description="greedy (best match) | hungarian "
+                                                     "(one-to-one)")
     k: int = Field(3, ge=1, le=64, description="principal directions per MLP")
     threshold: float = Field(20.0, gt=0, lt=100, description="pruning threshold T in percent")
-    sweep: list[float] = Field(default_factory=lambda: [10.0, 15.0, 20.0, 25.0, 30.0])
+    sweep: list[float] = Field(default_factory=lambda: [10.0, 15.0, 20.0, 25.0, 30.0],
+                               description="comma-separated pruning thresholds (percent) for the sweep")
     tail_limit: float = Field(100.0, gt=0, description="L of the severity tail score")
-    prune: bool = True
-    max_prune_rounds: int = Field(10, ge=1)
-    n_boot: int = Field(1000, ge=0, le=100000)
+    prune: bool = Field(True, description="find circuits by iterative pruning")
+    max_prune_rounds: int = Field(10, ge=1, description="stop pruning after this many rounds (reported as "
+                                  "unstable)")
+    n_boot: int = Field(1000, ge=0, le=100000, description="bootstrap resamples of the items")
     batch_rows: int = Field(64, ge=1, description="rows per forward pass in ablation sweeps")
-    item_batch: int = Field(16, ge=1)
+    item_batch: int = Field(16, ge=1, description="items per tokenised batch")
     pattern_len: int = Field(32, ge=2, description="attention patterns are cropped to at most this many final tokens")
-    device: str = "cpu"
-    threads: int = Field(2, ge=1)
-    cache: bool = True
-    progress: bool = True
+    device: str = Field("cpu", description="torch device the models run on: cpu, cuda or cuda:N")
+    threads: int = Field(2, ge=1, description="torch CPU threads")
+    cache: bool = Field(True, description="reuse/store per-model sweeps under $CIRCUITDISTILL_HOME/compare")
+    progress: bool = Field(True, description="progress bars")
 
     @field_validator("sweep")
     @classmethod

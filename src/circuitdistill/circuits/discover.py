@@ -24,30 +24,37 @@ DIFFERENTIABLE = ("logprob", "logit_diff")
 class DiscoverConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    data: Path
+    model: str = Field(..., description="model name (built-in, derived, or a local HF directory)")
+    data: Path = Field(..., description="task items, JSONL (circuitdistill data ...)")
     method: MethodName = Field("activation", description="a registered discovery method "
-                               "(circuits/method_registry.py)")
-    ablation: Optional[Literal["mean", "zero", "resample", "corrupted"]] = None
-    positions: Literal["final", "all"] = "final"
-    metric: Literal["logprob", "logit_diff", "accuracy", "candidate_accuracy"] = "logprob"
-    top_n: Optional[int] = Field(None, ge=1)
-    threshold: Optional[float] = Field(None, ge=0)
-    n_items: int = Field(64, ge=1)
-    batch_size: int = Field(32, ge=1)
-    rows_per_pass: Optional[int] = Field(None, ge=1)
-    seed: int = 0
+                               "(circuits/method_registry.py): activation | path | attribution")
+    ablation: Optional[Literal["mean", "zero", "resample", "corrupted"]] = Field(
+        None, description="how a head is knocked out (default: corrupted when every item has a corrupted_prompt, "
+        "else mean)")
+    positions: Literal["final", "all"] = Field("final", description="where a head's output is replaced")
+    metric: Literal["logprob", "logit_diff", "accuracy", "candidate_accuracy"] = Field(
+        "logprob", description="the metric whose drop is a head's score")
+    top_n: Optional[int] = Field(None, ge=1, description="keep the K heads with the largest |score| (default: 10% "
+                                 "of heads)")
+    threshold: Optional[float] = Field(None, ge=0, description="keep heads with |score| >= X instead")
+    n_items: int = Field(64, ge=1, description="use the first N items of the file")
+    batch_size: int = Field(32, ge=1, description="items per batch")
+    rows_per_pass: Optional[int] = Field(None, ge=1, description="rows of one batched forward pass")
+    seed: int = Field(0, description="seed of resample ablation and of the random head sets")
     levels: int = Field(2, ge=1, description="path: receiver levels")
     per_level: int = Field(5, ge=1, description="path: heads kept per group")
-    components: list[str] = Field(default_factory=lambda: ["qkv"])
-    ig_steps: int = Field(0, ge=0)
-    qk_fix: bool = Field(False, description="attribution: AtP*'s exact downstream attention softmax")
-    grad_drop: bool = Field(False, description="attribution: AtP*'s GradDrop magnitudes")
-    verify: Optional[int] = Field(None, ge=1, description="attribution: re-score the top K heads exactly")
-    random_sets: int = Field(0, ge=0, description="also run circuit-only faithfulness with N random sets")
-    faithfulness_positions: Literal["all", "final"] = "all"
-    threads: int = Field(2, ge=1)
-    out: Path
+    components: list[str] = Field(default_factory=lambda: ["qkv"], description="path: receiver inputs, comma "
+                                  "separated groups, e.g. qkv or q,k,v")
+    ig_steps: int = Field(0, ge=0, description="attribution: integrated-gradient steps (0 = plain AtP)")
+    qk_fix: bool = Field(False, description="attribution: recompute downstream attention softmaxes exactly (AtP*)")
+    grad_drop: bool = Field(False, description="attribution: GradDrop magnitudes against cancelling paths (AtP*)")
+    verify: Optional[int] = Field(None, ge=1, description="attribution: re-score the top K heads by exact "
+                                  "patching and choose the circuit among them")
+    random_sets: int = Field(0, ge=0, description="also report circuit-only faithfulness with N random head sets")
+    faithfulness_positions: Literal["all", "final"] = Field(
+        "all", description="with random_sets: ablate non-circuit heads at all positions or only at the final one")
+    threads: int = Field(2, ge=1, description="torch CPU threads")
+    out: Path = Field(..., description="output directory (circuit.json, heatmap.png, summary.txt)")
 
     @model_validator(mode="after")
     def _check(self) -> "DiscoverConfig":

@@ -6,17 +6,14 @@ FILE.json`` loads a config and options given on the command line override it. Ru
 """
 from __future__ import annotations
 
-import inspect
 import json
-import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, get_args, get_origin
 
 import typer
 
 from .. import preflight
 from ..distill import trainer
-from ..distill.config import HEAD_ONLY, CacheConfig, DistillConfig, MatchConfig, load_config
+from ..distill.config import HEAD_ONLY, CacheConfig, DistillConfig, MatchConfig
 from ..distill.head_params import HEAD_DELTAS_FILE
 from ..distill.losses import VocabularyMismatch
 from ..distill.matching import match
@@ -26,65 +23,9 @@ from ..output_dirs import is_main_process, prepare_output_dir
 from ..preflight import check_pairing, model_shape
 from ..tasks.io import load_items
 from ..utils import UserError
+from .config_command import OVERWRITE, config_command, switch
 
-_SKIP = {"betas"}  # only settable through --config
-
-
-def _option_type(ann: Any) -> Any:
-    origin = get_origin(ann)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in get_args(ann) if a is not type(None)]
-        return _option_type(args[0])
-    if origin is Literal:
-        return str
-    if ann in (int, float, str, bool):
-        return ann
-    return str
-
-
-def _build(cls, extra: list[inspect.Parameter], body: Callable) -> Callable:
-    """A typer command whose options are the config fields (all default None = 'not given')."""
-    params = list(extra)
-    names = []
-    for name, f in cls.model_fields.items():
-        if name in _SKIP:
-            continue
-        typ = _option_type(f.annotation)
-        choices = get_args(f.annotation) if get_origin(f.annotation) is Literal else None
-        default = "required" if f.is_required() else json.dumps(f.default)
-        help_ = f"{f.description} [default: {default}]" + (f" [choices: {', '.join(choices)}]" if choices else "")
-        opt = "--" + name.replace("_", "-")
-        decls = [opt] if typ is not bool else [f"{opt}/--no-{name.replace('_', '-')}"]
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                                        default=typer.Option(None, *decls, help=help_, show_default=False),
-                                        annotation=typing.Optional[typ]))
-        names.append(name)
-
-    def command(**kwargs):
-        cfg_path = kwargs.pop("config", None)
-        rest = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
-        try:
-            cfg = load_config(cls, cfg_path, **{k: kwargs[k] for k in names})
-        except (ValueError, FileNotFoundError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2)
-        return body(cfg, **rest)
-
-    command.__signature__ = inspect.Signature(params)
-    command.__doc__ = body.__doc__
-    return command
-
-
-_CONFIG = inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY,
-                            default=typer.Option(None, "--config", help="JSON file with config fields (options "
-                                                 "given here override it)"), annotation=typing.Optional[str])
-_RESUME = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY,
-                            default=typer.Option(False, "--resume", help="continue the run in --out from its "
-                                                 "checkpoint (same config)"), annotation=bool)
-_OVERWRITE = inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY,
-                               default=typer.Option(False, "--overwrite", help="replace the results of an earlier "
-                                                    "run in --out (or write into a directory holding other files)"),
-                               annotation=bool)
+RESUME = switch("resume", "continue the run in --out from its checkpoint (same config)")
 
 
 def _fail(e: Exception) -> None:
@@ -195,6 +136,6 @@ def _match(cfg: MatchConfig, overwrite: bool = False):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill", help=_distill.__doc__)(_build(DistillConfig, [_CONFIG, _RESUME, _OVERWRITE], _distill))
-    app.command("cache-teacher", help=_cache.__doc__)(_build(CacheConfig, [_CONFIG, _OVERWRITE], _cache))
-    app.command("match", help=_match.__doc__)(_build(MatchConfig, [_CONFIG, _OVERWRITE], _match))
+    app.command("distill")(config_command(DistillConfig, _distill, extra=[RESUME, OVERWRITE]))
+    app.command("cache-teacher")(config_command(CacheConfig, _cache, extra=[OVERWRITE]))
+    app.command("match")(config_command(MatchConfig, _match, extra=[OVERWRITE]))

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .. import preflight
 from ..circuits.circuit import Circuit
@@ -17,47 +17,36 @@ from ..preflight import check_heads, model_shape
 from ..tasks.io import TaskFileError, load_items
 from ..tasks.scoring import evaluate, format_summary
 from ..utils import UserError, provenance, sha256_file, versioned, write_json_atomic
+from .config_command import config_command
 
 
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(..., min_length=1)
-    data: Path
-    batch_size: int = Field(32, ge=1, le=4096)
+    model: str = Field(..., min_length=1, description="registry name (e.g. smollm2-135m-et-teacher) or model dir")
+    data: Path = Field(..., description="task JSONL (ours, a user task, or the box-dataset format)")
+    out: Optional[Path] = Field(None, description="write results JSON here (summary, per-item vectors, provenance)")
+    batch_size: int = Field(32, ge=1, le=4096, description="items per forward pass")
     limit: Optional[int] = Field(None, ge=1, description="score only the first N items")
-    threads: int = Field(2, ge=1, le=256)
-    circuit: Optional[Path] = None
-    random_sets: int = Field(10, ge=0, le=10_000)
-    seed: int = 0
-    per_item: bool = True
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
+    threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+    circuit: Optional[Path] = Field(None, description="circuit.json: also report circuit-only faithfulness")
+    random_sets: int = Field(10, ge=0, le=10_000, description="with circuit: random head sets of the same size as "
+                             "control")
+    seed: int = Field(0, description="with circuit: seed of the random sets")
+    per_item: bool = Field(True, description="store the per-item metric vectors in the JSON (for paired tests)")
+    device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto (CUDA, else MPS, else CPU) | "
+                                                          "cuda | mps | cpu")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("fp32", description="auto (bf16 on a CUDA GPU that has "
+                                                           "it) | bf16 | fp16 | fp32")
 
 
-def evaluate_cmd(
-    model: str = typer.Option(..., "--model", "-m", help="registry name (e.g. smollm2-135m-et-teacher) or model dir"),
-    data: Path = typer.Option(..., help="task JSONL (ours, a user task, or the box-dataset format)"),
-    out: Optional[Path] = typer.Option(None, help="write results JSON here (summary, per-item vectors, provenance)"),
-    batch_size: int = typer.Option(32),
-    limit: Optional[int] = typer.Option(None, help="score only the first N items"),
-    threads: int = typer.Option(2, help="torch CPU threads"),
-    circuit: Optional[Path] = typer.Option(None, help="circuit.json: also report circuit-only faithfulness"),
-    random_sets: int = typer.Option(10, help="with --circuit: random head sets of the same size as control"),
-    seed: int = typer.Option(0, help="with --circuit: seed of the random sets"),
-    per_item: bool = typer.Option(True, help="store the per-item metric vectors in the JSON (for paired tests)"),
-    device: str = typer.Option("auto", help="auto (CUDA, else MPS, else CPU) | cuda | mps | cpu"),
-    dtype: str = typer.Option("fp32", help="auto (bf16 on a CUDA GPU that has it) | bf16 | fp16 | fp32"),
-):
+def evaluate_cmd(cfg: EvaluateConfig):
     """Accuracy, candidate accuracy, answer log-prob and logit difference, each with a 95% CI."""
     import torch
 
     try:
-        cfg = EvaluateConfig(model=model, data=data, batch_size=batch_size, limit=limit, threads=threads,
-                             circuit=circuit, random_sets=random_sets, seed=seed, per_item=per_item,
-                             device=device, dtype=dtype)
         items = load_items(cfg.data)
-    except (ValidationError, TaskFileError, FileNotFoundError) as e:
+    except (TaskFileError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
     if cfg.limit:
@@ -66,7 +55,7 @@ def evaluate_cmd(
         if not cfg.circuit.exists():
             typer.echo(f"error: circuit file {cfg.circuit} does not exist", err=True)
             raise typer.Exit(2)
-    check_evaluate_inputs(cfg, items, out)
+    check_evaluate_inputs(cfg, items)
     torch.set_num_threads(cfg.threads)
     try:
         m, tok = registry.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
@@ -86,18 +75,18 @@ def evaluate_cmd(
         typer.echo(f"circuit: {rep.get('n_heads')} heads, faithfulness {rep.get('faithfulness')}")
     result["total_wall_s"] = time.perf_counter() - t0
     result["provenance"] = provenance(cfg.seed, cfg)
-    if out:
-        write_json_atomic(out, versioned("evaluation", result))
-        typer.echo(f"wrote {out}")
+    if cfg.out:
+        write_json_atomic(cfg.out, versioned("evaluation", result))
+        typer.echo(f"wrote {cfg.out}")
 
 
-def check_evaluate_inputs(cfg: EvaluateConfig, items, out: Path | None) -> None:
+def check_evaluate_inputs(cfg: EvaluateConfig, items) -> None:
     """Single-token answers, a usable circuit and a writable --out, before the model runs."""
     preflight.check_scorable(items, cfg.model, cfg.data)
     if cfg.circuit is not None:
         check_circuit_for_model(cfg.circuit, cfg.model)
-    if out is not None:
-        prepare_output_file(out)
+    if cfg.out is not None:
+        prepare_output_file(cfg.out)
 
 
 def check_circuit_for_model(path: Path, model: str) -> None:
@@ -116,4 +105,4 @@ def check_circuit_for_model(path: Path, model: str) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_cmd)
+    app.command("evaluate")(config_command(EvaluateConfig, evaluate_cmd, names={"model": ("--model", "-m")}))

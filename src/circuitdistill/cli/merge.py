@@ -9,7 +9,7 @@ from ..distill.config import MergeConfig
 from ..distill.head_params import apply_head_deltas
 from ..models.registry import load_model, save_model_dir
 from ..utils import MissingFile, sha256_file
-from .distill import _CONFIG, _OVERWRITE, _build
+from .config_command import OVERWRITE, config_command
 
 
 def _merge(cfg: MergeConfig, overwrite: bool = False):
@@ -28,4 +28,4 @@ def _merge(cfg: MergeConfig, overwrite: bool = False):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("merge", help=_merge.__doc__)(_build(MergeConfig, [_CONFIG, _OVERWRITE], _merge))
+    app.command("merge")(config_command(MergeConfig, _merge, extra=[OVERWRITE]))

@@ -3,21 +3,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
-from ..trace.classifier import Tracer, TracerConfig
-
-from ..trace.io import TraceInputError, read_texts
-
-from ..trace.report import format_top_features, prediction_report
-
-from ..trace.taggers import TaggerNotAvailable
-
 from ..output_dirs import prepare_output_file
-
+from ..trace.classifier import Tracer, TracerConfig
 from ..trace.experiment import ExperimentConfig, run_experiment
+from ..trace.io import TraceInputError, read_texts
+from ..trace.report import format_top_features, prediction_report
+from ..trace.taggers import TaggerNotAvailable
+from .config_command import config_command
 
 trace_app = typer.Typer(help="Trace a student's teacher from its generated text (PoS templates vs word n-grams).",
                         no_args_is_help=True)
@@ -80,39 +76,8 @@ def predict_cmd(model: Path = typer.Option(..., "--model", help="tracer model JS
     typer.echo(f"wrote {out}")
 
 
-@trace_app.command("experiment")
-def experiment_cmd(teachers: List[str] = typer.Option(["smollm2-135m", "gemma3-270m"], "--teacher",
-                                                      help="teacher model (repeatable); model@persona for a labelled system-prompt persona"),
-                   n_train: int = typer.Option(128, help="instructions the teachers answer"),
-                   n_test: int = typer.Option(32, help="held-out instructions the students answer"),
-                   max_new_tokens: int = typer.Option(48),
-                   gen_batch_size: int = typer.Option(16),
-                   greedy: bool = typer.Option(False, help="greedy decoding instead of seeded sampling (T=0.7, top-p 0.9)"),
-                   student_base: str = typer.Option("smollm2-135m"),
-                   student_layers: int = typer.Option(8, help="top decoder layers fine-tuned (0 = all)"),
-                   student_epochs: float = typer.Option(1.0),
-                   student_lr: float = typer.Option(1e-4),
-                   tagger: str = typer.Option("spacy"),
-                   stages: str = typer.Option("teachers,students,student_gen,trace", help="comma-separated stages to run"),
-                   out_dir: Path = typer.Option(Path("runs/trace/experiment")),
-                   threads: int = typer.Option(2),
-                   seed: int = typer.Option(0),
-                   config: Optional[Path] = typer.Option(None, help="JSON ExperimentConfig (overrides the options)")):
+def experiment_cmd(cfg: ExperimentConfig):
     """End to end: teachers answer instructions, students are fine-tuned on them, the tracer attributes students."""
-    from pydantic import ValidationError
-
-    try:
-        if config is not None:
-            cfg = ExperimentConfig.model_validate_json(config.read_text())
-        else:
-            cfg = ExperimentConfig(
-                teachers=teachers, n_train=n_train, n_test=n_test, tagger=tagger, seed=seed, out_dir=out_dir,
-                threads=threads, stages=[s.strip() for s in stages.split(",") if s.strip()],
-                decoding={"max_new_tokens": max_new_tokens, "batch_size": gen_batch_size, "do_sample": not greedy},
-                student={"base": student_base, "train_layers": student_layers, "epochs": student_epochs,
-                         "lr": student_lr})
-    except ValidationError as e:
-        _fail(f"bad experiment config: {e}")
     res = run_experiment(cfg)
     for row in res.get("table", []):
         typer.echo(f"{row['method']:<11} accuracy {row['accuracy']:.3f}  95% CI {row['ci95']}")
@@ -120,6 +85,12 @@ def experiment_cmd(teachers: List[str] = typer.Option(["smollm2-135m", "gemma3-2
         typer.echo(f"{'chance':<11} {res['chance']:.3f}")
     typer.echo(json.dumps(res.get("timings_s", {})))
     typer.echo(f"report: {cfg.out_dir / 'report.md'}")
+
+
+EXPERIMENT_OPTION_NAMES = {"teachers": ("--teacher", "--teachers"), "decoding.max_new_tokens": ("--max-new-tokens",),
+                           "decoding.batch_size": ("--gen-batch-size",), "decoding.do_sample": ("--sample/--greedy",),
+                           "student.train_layers": ("--student-layers",)}  # the names these options had before
+trace_app.command("experiment")(config_command(ExperimentConfig, experiment_cmd, names=EXPERIMENT_OPTION_NAMES))
 
 
 def register(app: typer.Typer) -> None:

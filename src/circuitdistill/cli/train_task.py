@@ -3,28 +3,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable
 
 import torch
 import typer
-from pydantic import ValidationError
 
 from ..models import registry
 from ..models.registry import check_derived_name, check_save_dir
 from ..output_dirs import prepare_output_dir
-from ..tasks.finetune import FinetuneConfig, finetune
+from ..tasks.finetune import finetune
+from ..tasks.finetune_runs import TeacherRun, WarmupRun
 from ..tasks.io import TaskFileError, check_single_token, load_items
-from ..tasks.registry import Task, get_task
+from ..tasks.registry import get_task
 from ..tasks.vocab import load_tokenizer
-from ..tasks.warmup import WARMUP_BOXES, WARMUP_LR, real_task_data, warmup_data
+from ..tasks.warmup import real_task_data, warmup_data
 from ..utils import UserError
+from .config_command import config_command, switch
 
-
-def _task(task: str) -> Task:
-    try:
-        return get_task(task)
-    except ValueError as e:
-        raise typer.BadParameter(f"--task: {e}") from None
+RESUME = switch("resume", "resume from the run dir's checkpoint if there is one", default=True)
+OVERWRITE = switch("overwrite", "replace an earlier run dir / a non-empty --save-to directory")
+NAMES = {"max_steps": ("--steps",)}  # the option's name before it was a config field
 
 
 def check_destinations(name: str, steps: int, run_dir: Path, resume: bool, save_to: Path | None,
@@ -56,91 +54,47 @@ def _run(cfg, tr, va, run_dir: Path, resume: bool, info: dict, save_to: Path | N
                                                "eval_seconds", "saved_to")}, indent=2))
 
 
-def teacher_cmd(
-    base: str = typer.Option("smollm2-135m", help="model to fine-tune"),
-    task: str = typer.Option("entity-tracking", help="a registered task: entity-tracking | tom | ..."),
-    boxes: int = typer.Option(7, help="entity tracking: boxes per prompt"),
-    train: Optional[Path] = typer.Option(None, help="training JSONL (default: generated, saved in the run dir)"),
-    validation: Optional[Path] = typer.Option(None, help="validation JSONL (default: generated, held-out vocab)"),
-    name: Optional[str] = typer.Option(None, help="cache name (default BASE-et-teacher / BASE-tom-teacher)"),
-    steps: int = typer.Option(150, help="maximum optimizer steps"),
-    target: Optional[float] = typer.Option(0.97, help="stop early once validation accuracy reaches this"),
-    lr: float = typer.Option(3e-5),
-    batch_size: int = typer.Option(16),
-    eval_every: int = typer.Option(10),
-    eval_items: int = typer.Option(200, help="validation items used for the stopping decision"),
-    checkpoint_every: int = typer.Option(25),
-    seed: int = typer.Option(0),
-    threads: int = typer.Option(2),
-    run_dir: Optional[Path] = typer.Option(None, help="checkpoints + record (default runs/tasks/NAME)"),
-    resume: bool = typer.Option(True, help="resume from the run dir's checkpoint if there is one"),
-    save_to: Optional[Path] = typer.Option(None, help="save the model into this directory instead of under --name "
-                                                      "in the model cache"),
-    overwrite: bool = typer.Option(False, help="replace an earlier run dir / a non-empty --save-to directory"),
-):
+def _fine_tune(run: TeacherRun | WarmupRun, suffix: str, resume: bool, overwrite: bool,
+               user_files: tuple[Path | None, ...], make_data: Callable) -> None:
+    """Check the destinations and the user's files, make the data (``make_data(tok, run_dir)``), train."""
+    name = run.name or f"{Path(run.base).name}-{get_task(run.task).short}-{suffix}"
+    run_dir = run.run_dir or Path("runs/tasks") / Path(name).name
+    check_destinations(name, run.max_steps, run_dir, resume, run.save_to, overwrite)
+    try:
+        tok = load_tokenizer(run.base)
+        _check_user_files(tok, *user_files)
+        tr, va, info = make_data(tok, run_dir)
+    except (TaskFileError, ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    _run(run.finetune_config(name), tr, va, run_dir, resume, info, run.save_to, overwrite)
+
+
+def _size(run: TeacherRun | WarmupRun) -> int | None:
+    return run.boxes if get_task(run.task).default_size else None
+
+
+def teacher_cmd(run: TeacherRun, resume: bool = True, overwrite: bool = False):
     """Fine-tune the full model on the real task: the default teacher."""
-    spec = _task(task)
-    name = name or f"{Path(base).name}-{spec.short}-teacher"
-    run_dir = run_dir or Path("runs/tasks") / Path(name).name
-    check_destinations(name, steps, run_dir, resume, save_to, overwrite)
-    try:
-        cfg = FinetuneConfig(base=base, name=name, task=task, mode="teacher", lr=lr, batch_size=batch_size,
-                             max_steps=steps, eval_every=eval_every, eval_items=eval_items, target=target,
-                             checkpoint_every=checkpoint_every, seed=seed, threads=threads)
-        tok = load_tokenizer(base)
-        _check_user_files(tok, train, validation)
-        tr, va, info = real_task_data(task, tok, boxes, seed, train, validation, run_dir, need_train=True)
-    except (ValidationError, TaskFileError, ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    _run(cfg, tr, va, run_dir, resume, {**info, "boxes": boxes if spec.default_size else None}, save_to, overwrite)
+    def data(tok, run_dir: Path):
+        tr, va, info = real_task_data(run.task, tok, run.boxes, run.seed, run.train, run.validation, run_dir,
+                                      need_train=True)
+        return tr, va, {**info, "boxes": _size(run)}
+
+    _fine_tune(run, "teacher", resume, overwrite, (run.train, run.validation), data)
 
 
-def warmup_cmd(
-    base: str = typer.Option("smollm2-135m", help="model to warm up (stays available untouched as the cold student)"),
-    task: str = typer.Option("entity-tracking", help="a registered task: entity-tracking | tom | ..."),
-    target: float = typer.Option(0.5, help="stop once VALIDATION accuracy on the real task reaches this"),
-    boxes: int = typer.Option(7, help="entity tracking: boxes of the REAL task (validation)"),
-    warm_boxes: str = typer.Option(",".join(map(str, WARMUP_BOXES)), help="entity tracking: box counts of the warm-up variant"),
-    warm_template: Optional[str] = typer.Option(None, help="wording of the variant (default: prakash for ET -- fewer boxes and disjoint objects make it distinct; crate transferred too slowly -- and alt for ToM)"),
-    validation: Optional[Path] = typer.Option(None, help="real-task validation JSONL (default: generated)"),
-    avoid: list[Path] = typer.Option([], help="more JSONL files (e.g. the test set) whose vocabulary the warm-up must not use"),
-    n_train: int = typer.Option(2000, help="warm-up items generated"),
-    name: Optional[str] = typer.Option(None, help="cache name (default BASE-et-warm / BASE-tom-warm)"),
-    steps: int = typer.Option(200, help="maximum optimizer steps"),
-    lr: float = typer.Option(WARMUP_LR),
-    batch_size: int = typer.Option(16),
-    eval_every: int = typer.Option(5),
-    eval_items: int = typer.Option(100),
-    checkpoint_every: int = typer.Option(25),
-    seed: int = typer.Option(0),
-    threads: int = typer.Option(2),
-    run_dir: Optional[Path] = typer.Option(None, help="checkpoints + record (default runs/tasks/NAME)"),
-    resume: bool = typer.Option(True),
-    save_to: Optional[Path] = typer.Option(None, help="save the model into this directory instead of under --name "
-                                                      "in the model cache"),
-    overwrite: bool = typer.Option(False, help="replace an earlier run dir / a non-empty --save-to directory"),
-):
+def warmup_cmd(run: WarmupRun, resume: bool = True, overwrite: bool = False):
     """Briefly fine-tune on a related but distinct variant until real-task validation accuracy reaches --target."""
-    spec = _task(task)
-    name = name or f"{Path(base).name}-{spec.short}-warm"
-    run_dir = run_dir or Path("runs/tasks") / Path(name).name
-    check_destinations(name, steps, run_dir, resume, save_to, overwrite)
-    try:
-        wb = [int(x) for x in warm_boxes.split(",") if x.strip()]
-        cfg = FinetuneConfig(base=base, name=name, task=task, mode="warmup", lr=lr, batch_size=batch_size,
-                             max_steps=steps, eval_every=eval_every, eval_items=eval_items, target=target,
-                             checkpoint_every=checkpoint_every, seed=seed, threads=threads)
-        tok = load_tokenizer(base)
-        _check_user_files(tok, validation)
-        tr, va, info = warmup_data(task, tok, boxes, seed, validation, avoid, n_train, wb, warm_template, run_dir)
-    except (ValidationError, TaskFileError, ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
-    info["real_task_boxes"] = boxes if spec.default_size else None
-    _run(cfg, tr, va, run_dir, resume, info, save_to, overwrite)
+    def data(tok, run_dir: Path):
+        tr, va, info = warmup_data(run.task, tok, run.boxes, run.seed, run.validation, run.avoid, run.n_train,
+                                   run.warm_boxes, run.warm_template, run_dir)
+        return tr, va, {**info, "real_task_boxes": _size(run)}
+
+    _fine_tune(run, "warm", resume, overwrite, (run.validation,), data)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("teacher")(teacher_cmd)
-    app.command("warmup")(warmup_cmd)
+    extra = [RESUME, OVERWRITE]
+    app.command("teacher")(config_command(TeacherRun, teacher_cmd, extra=extra, skip=["mode"], names=NAMES))
+    app.command("warmup")(config_command(WarmupRun, warmup_cmd, extra=extra, skip=["mode"], names=NAMES))

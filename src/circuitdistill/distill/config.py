@@ -4,12 +4,9 @@ every field has a description, and ``circuitdistill distill --help`` / docs/dist
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from ..utils import read_json_file
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .methods import HEAD_ONLY, METHOD_NAMES, METHODS
 
@@ -210,24 +207,6 @@ class MatchConfig(_Base):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
     device: Device = Field("auto", description=DEVICE_HELP)
     dtype: DType = Field("fp32", description=DTYPE_HELP)
-
-
-def load_config(cls: type[_Base], path: str | Path | None = None, **overrides) -> _Base:
-    """Build a config from an optional JSON file plus overrides; errors name the file and field."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        data = read_json_file(p, "config file")
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: must hold a JSON object of {cls.__name__} fields")
-        data = data.get("config", data) if "method" not in data and "config" in data else data
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return cls(**data)
-    except ValidationError as e:
-        where = f" in {path}" if path else ""
-        lines = [f"  {'.'.join(map(str, err['loc'])) or '<config>'}: {err['msg']}" for err in e.errors()]
-        raise ValueError(f"invalid {cls.__name__}{where}:\n" + "\n".join(lines)) from None
 
 
 def schema_markdown(cls: type[_Base]) -> str:

@@ -28,14 +28,16 @@ FORMAT_VERSION = 1
 class DeriveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(..., min_length=1, description="built-in name, cached name or local HF directory")
+    source: str = Field(..., min_length=1, description="model to prune: a built-in name, a cached name or a local "
+                        "HF directory")
     name: str = Field(..., min_length=1, description="registry name the result is saved under")
     drop_layers: str | None = Field(None, description="layers to drop, e.g. '20-29' or '3,5,7-9'")
-    keep: int | None = Field(None, ge=1, description="layers to keep; the dropped block is chosen by importance")
-    heal: HealConfig = HealConfig()
+    keep: int | None = Field(None, ge=1, description="layers to keep; drops the contiguous block whose input and "
+                             "output hidden states are closest in angle")
+    heal: HealConfig = Field(HealConfig(), description="the healing run")
     heldout_passages: int = Field(48, ge=1, description="general-text passages held out for perplexity")
     importance_passages: int = Field(32, ge=1, description="healing passages the importance score reads")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the held-out split and of healing")
     run_dir: str | None = Field(None, description="checkpoints; default $CIRCUITDISTILL_HOME/derive-runs/NAME")
     overwrite: bool = Field(False, description="replace an earlier derived model of the same name")
 

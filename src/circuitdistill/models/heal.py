@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from ..utils import atomic_path, batch_indices, optimizer_step, sha256_json
@@ -36,23 +36,31 @@ RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "ppl_target_ratio", "eval_ever
 class HealConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(300, ge=0, le=1_000_000, description="most optimizer steps; 0 skips healing")
-    lr: float = Field(1e-4, gt=0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(8, ge=1, le=4096)
-    seq_len: int = Field(128, ge=8, le=8192)
-    temperature: float = Field(1.0, gt=0, description="softens both distributions in the KL term")
-    kd_weight: float = Field(1.0, ge=0)
-    lm_weight: float = Field(1.0, ge=0)
-    grad_clip: float | None = Field(1.0, gt=0)
-    loss_positions: int | None = Field(32, ge=1, description="positions per chunk the losses read (None: all)")
-    ppl_target_ratio: float | None = Field(1.3, gt=1.0, description="stop once held-out perplexity <= this x "
-                                                                      "the unpruned model's")
-    eval_every: int = Field(25, ge=1)
-    eval_max_length: int = Field(128, ge=8)
-    checkpoint_every: int = Field(25, ge=1)
-    max_minutes: float | None = Field(None, gt=0, description="stop after this much healing wall time in this run")
-    threads: int = Field(2, ge=1, le=256)
+    steps: int = Field(300, ge=0, le=1_000_000, description="most healing steps; 0 skips healing")
+    lr: float = Field(1e-4, gt=0, le=1.0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    batch_size: int = Field(8, ge=1, le=4096, description="chunks per step")
+    seq_len: int = Field(128, ge=8, le=8192, description="tokens per chunk")
+    temperature: float = Field(1.0, gt=0, description="distillation temperature: softens both distributions in "
+                                "the KL term")
+    kd_weight: float = Field(1.0, ge=0, description="weight of the KL to the source's next-token distribution")
+    lm_weight: float = Field(1.0, ge=0, description="weight of the next-token cross-entropy")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the global gradient norm (None: off)")
+    loss_positions: int | None = Field(32, ge=1, description="evenly spaced positions per chunk the losses read "
+                                       "(0 or None: all)")
+    ppl_target_ratio: float | None = Field(1.3, gt=1.0, description="stop healing once held-out perplexity <= this "
+                                           "x the source's (0 or None: never)")
+    eval_every: int = Field(25, ge=1, description="steps between held-out perplexity checks")
+    eval_max_length: int = Field(128, ge=8, description="tokens per held-out passage in the perplexity checks")
+    checkpoint_every: int = Field(25, ge=1, description="steps between checkpoints")
+    max_minutes: float | None = Field(None, gt=0, description="stop healing after this many minutes (wall) in this "
+                                      "run")
+    threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+
+    @field_validator("loss_positions", "ppl_target_ratio", mode="before")
+    @classmethod
+    def _zero_is_off(cls, v):
+        return None if v == 0 else v
 
 
 def pack_chunks(tokenizer, texts: Sequence[str], seq_len: int) -> torch.Tensor:

@@ -34,20 +34,22 @@ class FinetuneConfig(BaseModel):
 
     base: str = Field("smollm2-135m", description="model to start from (registry name or directory)")
     name: str = Field(..., min_length=1, description="cache name the result is saved under")
-    task: TaskName = Field("entity-tracking", description="a registered task (tasks/registry.py)")
-    mode: Literal["teacher", "warmup"] = "teacher"
-    lr: float = Field(3e-5, gt=0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(16, ge=1, le=4096)
-    max_steps: int = Field(150, ge=0, le=100_000)
-    eval_every: int = Field(10, ge=1)
+    task: TaskName = Field("entity-tracking", description="a registered task (tasks/registry.py): "
+                           "entity-tracking | tom | ...")
+    mode: Literal["teacher", "warmup"] = Field("teacher", description="which fine-tune this is (recorded)")
+    lr: float = Field(3e-5, gt=0, le=1.0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
+    batch_size: int = Field(16, ge=1, le=4096, description="items per optimizer step")
+    max_steps: int = Field(150, ge=0, le=100_000, description="maximum optimizer steps")
+    eval_every: int = Field(10, ge=1, description="optimizer steps between validation checks")
     eval_items: int = Field(200, ge=1, description="validation items used for the stopping decision")
-    eval_batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(32, ge=1, description="batch size of the validation checks")
     target: float | None = Field(None, ge=0, le=1, description="stop once validation accuracy >= target")
-    grad_clip: float | None = Field(1.0, gt=0)
-    checkpoint_every: int = Field(25, ge=1)
-    seed: int = 0
-    threads: int = Field(2, ge=1, le=256)
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the global gradient norm (None: off)")
+    checkpoint_every: int = Field(25, ge=1, description="optimizer steps between checkpoints")
+    seed: int = Field(0, description="seed of the batch order (and of the data the teacher/warmup commands "
+                      "generate)")
+    threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
     keep_checkpoints: bool = Field(False, description="keep the run dir's checkpoint/ (weights + optimizer state) "
                                    "once the model is saved")
 

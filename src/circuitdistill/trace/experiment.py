@@ -41,38 +41,42 @@ def default_instructions_path() -> Path:
 
 class DecodingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int = Field(48, ge=1, le=1024)
-    do_sample: bool = True
-    temperature: float = Field(0.7, gt=0, le=5)
-    top_p: float = Field(0.9, gt=0, le=1)
-    batch_size: int = Field(16, ge=1, le=512)
+    max_new_tokens: int = Field(48, ge=1, le=1024, description="tokens generated per answer")
+    do_sample: bool = Field(True, description="seeded sampling (temperature, top_p); off: greedy decoding")
+    temperature: float = Field(0.7, gt=0, le=5, description="sampling temperature")
+    top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling mass")
+    batch_size: int = Field(16, ge=1, le=512, description="prompts generated per batch")
 
 
 class StudentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    base: str = "smollm2-135m"
-    train_layers: int = Field(12, ge=0, description="top decoder layers trained (0 = all parameters)")
-    epochs: float = Field(1.0, gt=0)
-    lr: float = Field(5e-5, gt=0)
-    batch_size: int = Field(8, ge=1)
+    base: str = Field("smollm2-135m", description="model every student is fine-tuned from")
+    train_layers: int = Field(8, ge=0, description="top decoder layers fine-tuned (0 = all parameters)")
+    epochs: float = Field(1.0, gt=0, description="passes over its teacher's answers")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate")
+    batch_size: int = Field(8, ge=1, description="examples per optimizer step")
     max_len: int = Field(128, ge=16, description="prompt+answer tokens per training example")
     checkpoint_every: int = Field(10, ge=1, description="optimizer steps between checkpoints")
 
 
 class ExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    teachers: list[str] = Field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"])
-    instructions: Path | None = None
-    n_train: int = Field(240, ge=10, description="instructions the teachers answer (student training + tracer fit)")
-    n_test: int = Field(60, ge=1, description="held-out instructions the students answer")
+    teachers: list[str] = Field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"],
+                                description="teacher models (repeatable or comma separated); model@persona for a "
+                                "labelled system-prompt persona")
+    instructions: Path | None = Field(None, description="instructions JSONL of {id, instruction} (default: the "
+                                      "bundled trace_instructions.jsonl)")
+    n_train: int = Field(128, ge=10, description="instructions the teachers answer (student training + tracer fit)")
+    n_test: int = Field(32, ge=1, description="held-out instructions the students answer")
     decoding: DecodingConfig = Field(default_factory=DecodingConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
-    tagger: str = "spacy"
-    seed: int = 0
-    out_dir: Path = Path("runs/trace/experiment")
-    threads: int = Field(2, ge=1)
+    tagger: str = Field("spacy", description="PoS tagger of the tracer: spacy or hanta")
+    seed: int = Field(0, description="seeds sampling, student training and the tracer")
+    out_dir: Path = Field(Path("runs/trace/experiment"), description="output directory (report.md, stages)")
+    threads: int = Field(2, ge=1, description="torch CPU threads")
     stages: list[Literal["teachers", "students", "student_gen", "trace"]] = Field(
-        default_factory=lambda: ["teachers", "students", "student_gen", "trace"])
+        default_factory=lambda: ["teachers", "students", "student_gen", "trace"],
+        description="comma-separated stages to run")
 
     @field_validator("teachers")
     @classmethod
