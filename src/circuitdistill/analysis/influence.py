@@ -185,11 +185,6 @@ def _interventions(hooked: HookedLM, groups: Sequence[Sequence[Component]], base
     return ivs
 
 
-# Families whose HF forward takes ``inputs_embeds`` straight into the first decoder layer (no position
-# embedding added on top), so a forward can start at layer L from the cached clean residual stream.
-SUFFIX_FAMILIES = ("llama", "mistral", "qwen2", "gemma3_text", "gemma3")
-
-
 def _layer_list(hooked: HookedLM):
     parent_path, attr = hooked.table.layers.rsplit(".", 1)
     return get_module(hooked.model, parent_path), attr
@@ -200,8 +195,8 @@ def suffix_final_logits(hooked: HookedLM, resid_pre: torch.Tensor, attention_mas
                         start: int) -> torch.Tensor:
     """Final-position logits of the unmodified HF model run from decoder layer ``start`` on, given that layer's
     input ``resid_pre`` [b, p, d] (the layers before it are skipped: they would compute exactly this)."""
-    if start == 0 or hooked.model.config.model_type not in SUFFIX_FAMILIES:
-        raise ValueError("suffix forward needs start > 0 and a family in SUFFIX_FAMILIES")
+    if start == 0 or not hooked.table.runs_layer_suffix:
+        raise ValueError("suffix forward needs start > 0 and a family whose table sets runs_layer_suffix")
     parent, attr = _layer_list(hooked)
     layers = getattr(parent, attr)
     try:
@@ -223,7 +218,7 @@ def metric_under_ablation(hooked: HookedLM, batches: list[dict], groups: Sequenc
     """Per-item metric [G, N] with ``base`` ablated everywhere plus group g ablated (an empty group = base only).
 
     Forward passes hold up to ``batch_rows`` rows: a chunk of groups x the items of one batch. Groups are
-    processed in order of their first ablated layer; with ``skip_prefix`` (families in SUFFIX_FAMILIES) a chunk
+    processed in order of their first ablated layer; with ``skip_prefix`` (families with ``runs_layer_suffix``) a chunk
     whose ablations all start at layer L >= 1 runs only layers L.. from the cached clean residual stream
     (exact: nothing before L is changed). With ``checkpoint``, finished groups are saved after every chunk
     and a rerun resumes from them.
@@ -243,7 +238,7 @@ def metric_under_ablation(hooked: HookedLM, batches: list[dict], groups: Sequenc
     per_chunk = max(1, batch_rows // max_items)
     device = next(hooked.model.parameters()).device
     base_start = _min_layer(base)
-    skip = skip_prefix and hooked.model.config.model_type in SUFFIX_FAMILIES
+    skip = skip_prefix and hooked.table.runs_layer_suffix
     resid: list[dict[int, torch.Tensor]] = [{} for _ in batches]
     if skip and min(base_start, max((_min_layer(g) for g in groups), default=0)) > 0:
         names = [hook_name(l, "hook_resid_pre") for l in range(1, hooked.shape.n_layers)]

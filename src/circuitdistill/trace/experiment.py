@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models import registry
+from ..models.arch import get_module, table_for
 from ..utils import provenance, seed_everything, sha256_json, versioned, write_json_atomic, write_text_atomic
 from .io import append_jsonl, compact_jsonl, read_done, read_jsonl
 from .report import experiment_report
@@ -174,12 +175,13 @@ def _trainable(model, train_layers: int) -> list[torch.nn.Parameter]:
         return [p for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    layers = model.model.layers
+    table = table_for(model)
+    layers = get_module(model, table.layers)
     k = min(train_layers, len(layers))
     params = []
     for layer in layers[len(layers) - k:]:
         params += list(layer.parameters())
-    params += list(model.model.norm.parameters())
+    params += list(get_module(model, table.final_norm).parameters())
     for p in params:
         p.requires_grad_(True)
     return params
