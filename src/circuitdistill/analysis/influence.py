@@ -26,6 +26,7 @@ from ..models.arch import get_module
 from ..models.hooks import HookedLM, compute_means, hook_name, mean_ablate, zero_ablate
 from ..tasks import metrics as task_metrics
 from ..tasks.batching import encode_items, model_inputs
+from ..tasks.scoring import final_position_logits
 from ..tasks.schema import TaskItem
 from ..utils import atomic_path
 
@@ -132,22 +133,6 @@ def ablation_means(hooked: HookedLM, batches: list[dict]) -> dict[str, torch.Ten
     return compute_means(hooked, [model_inputs(b) for b in batches], hooks)
 
 
-_LOGITS_TO_KEEP: dict[type, bool] = {}
-
-
-def final_logits(model, inputs: dict) -> torch.Tensor:
-    """[b, V] logits at the last position; asks the model for only that position when it supports it."""
-    cls = type(model)
-    if _LOGITS_TO_KEEP.get(cls, True):
-        try:
-            out = model(**inputs, logits_to_keep=1)
-            _LOGITS_TO_KEEP[cls] = True
-            return out.logits[:, -1, :]
-        except TypeError:
-            _LOGITS_TO_KEEP[cls] = False
-    return model(**inputs).logits[:, -1, :]
-
-
 def _interventions(hooked: HookedLM, groups: Sequence[Sequence[Component]], base: Sequence[Component],
                    n_rep: int, ablation: str, means: dict | None) -> list:
     """Ablate ``base`` in every row and ``groups[g]`` in the rows of replica g (rows are group-major)."""
@@ -201,7 +186,7 @@ def suffix_final_logits(hooked: HookedLM, resid_pre: torch.Tensor, attention_mas
     layers = getattr(parent, attr)
     try:
         setattr(parent, attr, nn.ModuleList(list(layers)[start:]))
-        return final_logits(hooked.model, {"inputs_embeds": resid_pre, "attention_mask": attention_mask})
+        return final_position_logits(hooked.model, {"inputs_embeds": resid_pre, "attention_mask": attention_mask})
     finally:
         setattr(parent, attr, layers)
 
@@ -263,7 +248,7 @@ def metric_under_ablation(hooked: HookedLM, batches: list[dict], groups: Sequenc
                     logits = suffix_final_logits(hooked, resid[i][start].repeat(len(chunk), 1, 1),
                                                  inputs["attention_mask"], start)
                 else:
-                    logits = final_logits(hooked.model, inputs)
+                    logits = final_position_logits(hooked.model, inputs)
             vals = task_metrics.per_item(metric, logits.float(), rep).double().cpu().numpy()
             vals_sorted[g0:g0 + len(chunk), col:col + n] = vals.reshape(len(chunk), n)
             col += n
