@@ -17,7 +17,7 @@ from ..trace.taggers import TaggerNotAvailable
 
 from ..output_dirs import prepare_output_file
 
-from ..trace.experiment import ExperimentConfig, run_experiment
+from ..trace.experiment import TraceExperimentConfig as ExperimentConfig, run_trace_experiment as run_experiment
 
 trace_app = typer.Typer(help="Trace a student's teacher from its generated text (PoS templates vs word n-grams).",
                         no_args_is_help=True)

@@ -60,7 +60,7 @@ class StudentConfig(BaseModel):
     checkpoint_every: int = Field(10, ge=1, description="optimizer steps between checkpoints")
 
 
-class ExperimentConfig(BaseModel):
+class TraceExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     teachers: list[str] = Field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"])
     instructions: Path | None = None
@@ -87,7 +87,7 @@ class ExperimentConfig(BaseModel):
         return v
 
 
-def load_instructions(cfg: ExperimentConfig) -> tuple[list[dict], list[dict]]:
+def load_instructions(cfg: TraceExperimentConfig) -> tuple[list[dict], list[dict]]:
     path = cfg.instructions or default_instructions_path()
     rows = read_jsonl(path)
     for i, r in enumerate(rows, 1):
@@ -187,7 +187,7 @@ def _trainable(model, train_layers: int) -> list[torch.nn.Parameter]:
     return params
 
 
-def train_student(teacher: str, data: list[dict], cfg: ExperimentConfig, ckpt_dir: Path) -> tuple[str, dict]:
+def train_student(teacher: str, data: list[dict], cfg: TraceExperimentConfig, ckpt_dir: Path) -> tuple[str, dict]:
     """Fine-tune ``cfg.student.base`` on one teacher's answers; resume from ``ckpt_dir``; return (name, info)."""
     sc = cfg.student
     name = f"trace-student-{safe_name(teacher)}-{sha256_json([teacher, sc.model_dump(), cfg.seed, cfg.n_train, sorted(r['id'] for r in data)])[:8]}"
@@ -275,7 +275,7 @@ def available_teachers(specs: list[str]) -> tuple[list[str], dict[str, str]]:
     return ok, missing
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict:
+def run_trace_experiment(cfg: TraceExperimentConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     out = cfg.out_dir
