@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from circuitdistill.analysis import influence as I
+from circuitdistill.circuits.ablation import head_sweep
 from circuitdistill.models.hooks import HookedLM, hook_name, mean_ablate, zero_ablate
 from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
 from circuitdistill.tasks.metrics import per_item
@@ -126,3 +127,17 @@ def test_clear_errors(tok):
     assert I.Component.parse("L3.H2") == I.Component(3, 2) and I.Component.parse("L0.MLP") == I.Component(0)
     with pytest.raises(ValueError, match="bad component name"):
         I.Component.parse("layer3")
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_single_heads_agree_with_the_circuits_head_sweep(tok, ablation):
+    """Where the two engines overlap (one head, every position, zero or dataset-mean) they agree item by item."""
+    hm = HookedLM(tiny_model("llama", n_layers=3), tok)
+    items = toy_items(5)
+    batches = I.encode_batches(tok, items, 5)
+    means = I.ablation_means(hm, batches) if ablation == "mean" else None
+    res = I.component_influence(hm, batches, "logit_diff", ablation, means=means, batch_rows=15)
+    _, per_item_vals = head_sweep(hm, items, "logit_diff", ablation, batch_size=5, progress=False,
+                                  return_per_item=True)
+    heads = [i for i, c in enumerate(res.components) if c.head is not None]
+    np.testing.assert_allclose(res.ablated[heads], per_item_vals.flatten(1).T.numpy(), atol=2e-5)

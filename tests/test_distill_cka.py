@@ -4,30 +4,8 @@ import pytest
 import torch
 
 import circuitdistill
-from circuitdistill.distill.cka import CKAAccumulator, cka
-
-
-def np_cka(x: np.ndarray, y: np.ndarray, debiased: bool) -> float:
-    """The formulas of SPEC §1 / Song et al. (2012), written out directly in float64."""
-    x, y = x.astype(np.float64), y.astype(np.float64)
-    m = x.shape[0]
-    K, L = x @ x.T, y @ y.T
-
-    def hsic_b(A, B):
-        H = np.eye(m) - np.ones((m, m)) / m
-        return np.trace(A @ H @ B @ H) / (m - 1) ** 2
-
-    def hsic_u(A, B):
-        At, Bt = A.copy(), B.copy()
-        np.fill_diagonal(At, 0.0)
-        np.fill_diagonal(Bt, 0.0)
-        one = np.ones((m, 1))
-        val = (np.trace(At @ Bt) + (one.T @ At @ one).item() * (one.T @ Bt @ one).item() / ((m - 1) * (m - 2))
-               - 2.0 / (m - 2) * (one.T @ At @ Bt @ one).item())
-        return val / (m * (m - 3))
-
-    h = hsic_u if debiased else hsic_b
-    return h(K, L) / np.sqrt(h(K, K) * h(L, L))
+from _cka_reference import np_cka
+from circuitdistill.distill.cka import DEFAULT_EPS, CKAAccumulator, cka, cka_all_pairs
 
 
 @pytest.mark.parametrize("debiased", [False, True])
@@ -42,6 +20,32 @@ def test_matches_numpy_formula(debiased, m, d1, d2):
     assert got64.dim() == 0 and got64.dtype == torch.float64 and got32.dtype == torch.float32
     assert got64.item() == pytest.approx(ref, abs=1e-10)
     assert got32.item() == pytest.approx(ref, abs=1e-5)
+
+
+@pytest.mark.parametrize("eps", [DEFAULT_EPS, 0.0])
+def test_all_pairs_equals_the_numpy_formula_for_every_pair(eps):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 3, 5)) + rng.normal(size=(3, 5))
+    y = rng.normal(size=(24, 4, 7))
+    x[:, 0] *= 1e3  # scale must not matter
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    y[:, 1] = np.pad(x[:, 2] @ q * 2.5, ((0, 0), (0, 2)))  # the same representation, rotated and rescaled
+    y[:, 3] = 1.0  # a constant component: CKA 0, not NaN
+    got = cka_all_pairs(torch.from_numpy(x), torch.from_numpy(y), eps=eps)
+    assert got.shape == (3, 4) and got.dtype == torch.float64
+    want = np.array([[np_cka(x[:, a], y[:, b], debiased=False) if b != 3 else 0.0 for b in range(4)]
+                     for a in range(3)])
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-10)
+    assert got[2, 1].item() == pytest.approx(1.0, abs=1e-10)
+    pair = cka(torch.from_numpy(x[:, 1]), torch.from_numpy(y[:, 2]), eps=eps)
+    assert got[1, 2].item() == pytest.approx(pair.item(), abs=1e-12)
+
+
+def test_all_pairs_without_eps_keeps_a_near_constant_component_identical_to_itself():
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(1.0 + 1e-9 * rng.normal(size=(16, 2, 4)))
+    assert cka_all_pairs(x, x, eps=0.0).diagonal().tolist() == pytest.approx([1.0, 1.0], abs=1e-12)
+    assert cka_all_pairs(x, x)[0, 0].item() < 0.5  # the default ε treats it as constant
 
 
 def test_low_precision_inputs_are_computed_in_float32():
@@ -100,6 +104,8 @@ def test_bad_shapes_name_the_problem():
         cka(torch.randn(3, 3), torch.randn(3, 3), debiased=True)
     with pytest.raises(ValueError, match="2-d"):
         cka(torch.randn(5), torch.randn(5))
+    with pytest.raises(ValueError, match="components"):
+        cka_all_pairs(torch.randn(5, 3), torch.randn(5, 2, 3))
 
 
 @pytest.mark.parametrize("debiased", [False, True])

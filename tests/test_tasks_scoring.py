@@ -11,7 +11,7 @@ from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
 from circuitdistill.tasks import metrics as M
 from circuitdistill.tasks.batching import encode_items
 from circuitdistill.tasks.schema import TaskItem
-from circuitdistill.tasks.scoring import EvalResult, evaluate, wilson_ci
+from circuitdistill.tasks.scoring import EvalResult, evaluate, final_position_logits, forward_inputs, wilson_ci
 
 
 def _items():
@@ -76,6 +76,41 @@ def test_summary_has_cis_and_logit_diff():
     # no corrupted answers -> no logit diff
     plain = [TaskItem(prompt=i.prompt, answer=i.answer) for i in _items()]
     assert evaluate(tiny_model("llama"), tok, plain).logit_diff is None
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward does not take logits_to_keep."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+
+def test_final_position_logits_is_the_last_row_of_the_full_logits_with_or_without_logits_to_keep():
+    model = tiny_model("llama", seed=2)
+    inputs = forward_inputs(encode_items(gpt2_tokenizer(), _items()))
+    with torch.no_grad():
+        full = M.final_logits(model(**inputs).logits)
+        torch.testing.assert_close(final_position_logits(model, inputs), full)
+        torch.testing.assert_close(final_position_logits(_NoLogitsToKeep(model), inputs), full)
+
+
+class _TypeErrorInside(torch.nn.Linear):
+    """Takes logits_to_keep, then fails inside the forward: no reason to retry without it."""
+
+    def forward(self, input_ids, attention_mask, position_ids, logits_to_keep=0):
+        if logits_to_keep:
+            raise TypeError("raised inside the forward")
+        raise AssertionError("retried without logits_to_keep")
+
+
+def test_final_position_logits_lets_other_type_errors_through():
+    inputs = forward_inputs(encode_items(gpt2_tokenizer(), _items()))
+    with pytest.raises(TypeError, match="inside the forward"):
+        final_position_logits(_TypeErrorInside(1, 1), inputs)
 
 
 def test_wilson_ci():

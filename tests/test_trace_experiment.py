@@ -7,7 +7,7 @@ import pytest
 
 from circuitdistill.models import registry
 from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
-from circuitdistill.trace.experiment import ExperimentConfig, run_experiment, split_teacher
+from circuitdistill.trace.experiment import TraceExperimentConfig, run_trace_experiment, split_teacher
 
 
 @pytest.fixture()
@@ -24,11 +24,11 @@ def tiny_home(tmp_path, monkeypatch):
 
 def test_experiment_runs_all_stages_and_resumes(tiny_home):
     tmp, ins = tiny_home
-    cfg = ExperimentConfig(teachers=["tiny-a", "tiny-b"], instructions=ins, n_train=10, n_test=4, out_dir=tmp / "run",
-                           decoding={"max_new_tokens": 6, "batch_size": 4},
-                           student={"base": "tiny-a", "train_layers": 1, "epochs": 1, "batch_size": 4,
-                                    "checkpoint_every": 1, "max_len": 48})
-    res = run_experiment(cfg)
+    cfg = TraceExperimentConfig(teachers=["tiny-a", "tiny-b"], instructions=ins, n_train=10, n_test=4,
+                                out_dir=tmp / "run", decoding={"max_new_tokens": 6, "batch_size": 4},
+                                student={"base": "tiny-a", "train_layers": 1, "epochs": 1, "batch_size": 4,
+                                         "checkpoint_every": 1, "max_len": 48})
+    res = run_trace_experiment(cfg)
     methods = {r["method"] for r in res["table"]}
     assert methods == {"pos", "ngram", "similarity", "perplexity"}
     assert res["n_train_texts"] == 20 and res["n_test_texts"] == 8 and res["chance"] == 0.5
@@ -45,14 +45,14 @@ def test_experiment_runs_all_stages_and_resumes(tiny_home):
 
     # resume: a second run regenerates nothing (files unchanged, students reused)
     before = (tmp / "run" / "teachers" / "tiny-b.jsonl").read_text()
-    res2 = run_experiment(cfg)
+    res2 = run_trace_experiment(cfg)
     assert (tmp / "run" / "teachers" / "tiny-b.jsonl").read_text() == before
     assert [r["accuracy"] for r in res2["table"]] == [r["accuracy"] for r in res["table"]]
 
 
 def test_config_validation():
     with pytest.raises(ValueError, match="at least 2 teachers"):
-        ExperimentConfig(teachers=["smollm2-135m"])
+        TraceExperimentConfig(teachers=["smollm2-135m"])
     with pytest.raises(ValueError, match="unknown persona"):
-        ExperimentConfig(teachers=["smollm2-135m", "smollm2-135m@pirate"])
+        TraceExperimentConfig(teachers=["smollm2-135m", "smollm2-135m@pirate"])
     assert split_teacher("smollm2-135m@terse") == ("smollm2-135m", "terse")

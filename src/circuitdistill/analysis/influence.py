@@ -26,6 +26,7 @@ from ..models.arch import get_module
 from ..models.hooks import HookedLM, compute_means, hook_name, mean_ablate, zero_ablate
 from ..tasks import metrics as task_metrics
 from ..tasks.batching import encode_items, model_inputs
+from ..tasks.scoring import final_position_logits
 from ..tasks.schema import TaskItem
 from ..utils import atomic_path
 
@@ -132,22 +133,6 @@ def ablation_means(hooked: HookedLM, batches: list[dict]) -> dict[str, torch.Ten
     return compute_means(hooked, [model_inputs(b) for b in batches], hooks)
 
 
-_LOGITS_TO_KEEP: dict[type, bool] = {}
-
-
-def final_logits(model, inputs: dict) -> torch.Tensor:
-    """[b, V] logits at the last position; asks the model for only that position when it supports it."""
-    cls = type(model)
-    if _LOGITS_TO_KEEP.get(cls, True):
-        try:
-            out = model(**inputs, logits_to_keep=1)
-            _LOGITS_TO_KEEP[cls] = True
-            return out.logits[:, -1, :]
-        except TypeError:
-            _LOGITS_TO_KEEP[cls] = False
-    return model(**inputs).logits[:, -1, :]
-
-
 def _interventions(hooked: HookedLM, groups: Sequence[Sequence[Component]], base: Sequence[Component],
                    n_rep: int, ablation: str, means: dict | None) -> list:
     """Ablate ``base`` in every row and ``groups[g]`` in the rows of replica g (rows are group-major)."""
@@ -185,11 +170,6 @@ def _interventions(hooked: HookedLM, groups: Sequence[Sequence[Component]], base
     return ivs
 
 
-# Families whose HF forward takes ``inputs_embeds`` straight into the first decoder layer (no position
-# embedding added on top), so a forward can start at layer L from the cached clean residual stream.
-SUFFIX_FAMILIES = ("llama", "mistral", "qwen2", "gemma3_text", "gemma3")
-
-
 def _layer_list(hooked: HookedLM):
     parent_path, attr = hooked.table.layers.rsplit(".", 1)
     return get_module(hooked.model, parent_path), attr
@@ -200,13 +180,13 @@ def suffix_final_logits(hooked: HookedLM, resid_pre: torch.Tensor, attention_mas
                         start: int) -> torch.Tensor:
     """Final-position logits of the unmodified HF model run from decoder layer ``start`` on, given that layer's
     input ``resid_pre`` [b, p, d] (the layers before it are skipped: they would compute exactly this)."""
-    if start == 0 or hooked.model.config.model_type not in SUFFIX_FAMILIES:
-        raise ValueError("suffix forward needs start > 0 and a family in SUFFIX_FAMILIES")
+    if start == 0 or not hooked.table.runs_layer_suffix:
+        raise ValueError("suffix forward needs start > 0 and a family whose table sets runs_layer_suffix")
     parent, attr = _layer_list(hooked)
     layers = getattr(parent, attr)
     try:
         setattr(parent, attr, nn.ModuleList(list(layers)[start:]))
-        return final_logits(hooked.model, {"inputs_embeds": resid_pre, "attention_mask": attention_mask})
+        return final_position_logits(hooked.model, {"inputs_embeds": resid_pre, "attention_mask": attention_mask})
     finally:
         setattr(parent, attr, layers)
 
@@ -223,7 +203,7 @@ def metric_under_ablation(hooked: HookedLM, batches: list[dict], groups: Sequenc
     """Per-item metric [G, N] with ``base`` ablated everywhere plus group g ablated (an empty group = base only).
 
     Forward passes hold up to ``batch_rows`` rows: a chunk of groups x the items of one batch. Groups are
-    processed in order of their first ablated layer; with ``skip_prefix`` (families in SUFFIX_FAMILIES) a chunk
+    processed in order of their first ablated layer; with ``skip_prefix`` (families with ``runs_layer_suffix``) a chunk
     whose ablations all start at layer L >= 1 runs only layers L.. from the cached clean residual stream
     (exact: nothing before L is changed). With ``checkpoint``, finished groups are saved after every chunk
     and a rerun resumes from them.
@@ -243,7 +223,7 @@ def metric_under_ablation(hooked: HookedLM, batches: list[dict], groups: Sequenc
     per_chunk = max(1, batch_rows // max_items)
     device = next(hooked.model.parameters()).device
     base_start = _min_layer(base)
-    skip = skip_prefix and hooked.model.config.model_type in SUFFIX_FAMILIES
+    skip = skip_prefix and hooked.table.runs_layer_suffix
     resid: list[dict[int, torch.Tensor]] = [{} for _ in batches]
     if skip and min(base_start, max((_min_layer(g) for g in groups), default=0)) > 0:
         names = [hook_name(l, "hook_resid_pre") for l in range(1, hooked.shape.n_layers)]
@@ -268,7 +248,7 @@ def metric_under_ablation(hooked: HookedLM, batches: list[dict], groups: Sequenc
                     logits = suffix_final_logits(hooked, resid[i][start].repeat(len(chunk), 1, 1),
                                                  inputs["attention_mask"], start)
                 else:
-                    logits = final_logits(hooked.model, inputs)
+                    logits = final_position_logits(hooked.model, inputs)
             vals = task_metrics.per_item(metric, logits.float(), rep).double().cpu().numpy()
             vals_sorted[g0:g0 + len(chunk), col:col + n] = vals.reshape(len(chunk), n)
             col += n

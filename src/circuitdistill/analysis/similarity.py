@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..distill.cka import cka_all_pairs
 from ..models.hooks import HookedLM, hook_name
 from ..tasks.batching import model_inputs
 
@@ -88,22 +89,12 @@ def pattern_similarity(a: Features, b: Features, idx: np.ndarray | None = None) 
     return np.clip(mb @ ma.T, -1.0, 1.0)
 
 
-def _centered_grams(x: np.ndarray, idx: np.ndarray | None) -> np.ndarray:
-    """x [N, C, d] -> unit-norm centered Gram matrices [C, N', N'] over the (resampled) items."""
-    if idx is not None:
-        x = x[idx]
-    x = x.astype(np.float64)
-    x = x - x.mean(0, keepdims=True)
-    g = np.einsum("ncd,mcd->cnm", x, x)
-    norm = np.sqrt((g * g).sum((1, 2)))[:, None, None]
-    return g / np.where(norm > 0, norm, 1.0)
-
-
 def cka_similarity(a: Features, b: Features, idx: np.ndarray | None = None) -> np.ndarray:
-    """Linear CKA of final-token head outputs: [H_b, H_a] (= circuitdistill.distill.cka.cka, biased, per pair)."""
-    ga = _centered_grams(a.head_out, idx).reshape(a.head_out.shape[1], -1)
-    gb = _centered_grams(b.head_out, idx).reshape(b.head_out.shape[1], -1)
-    return np.clip(gb @ ga.T, -1.0, 1.0)
+    """Linear CKA (biased, ``distill.cka.cka_all_pairs`` without ε) of final-token head outputs: [H_b, H_a]."""
+    rows = slice(None) if idx is None else idx
+    x = torch.from_numpy(b.head_out[rows].astype(np.float64))
+    y = torch.from_numpy(a.head_out[rows].astype(np.float64))
+    return np.clip(cka_all_pairs(x, y, eps=0.0).numpy(), -1.0, 1.0)
 
 
 def _top_k_scores(x: np.ndarray, k: int, idx: np.ndarray | None) -> np.ndarray:

@@ -34,9 +34,9 @@ from ..models.arch import check_head
 from ..models.hooks import HookedLM, Intervention, compute_means, hook_name, on_model_device
 from ..models.resume import record_layer_calls, run_from_layer
 from ..tasks.batching import batches, encode_items, model_inputs
-from ..tasks.metrics import METRICS, final_logits, per_item
+from ..tasks.metrics import METRICS, per_item
 from ..tasks.schema import TaskItem
-from ..tasks.scoring import forward_inputs
+from ..tasks.scoring import final_position_logits, forward_inputs
 
 Mode = Literal["zero", "mean", "resample", "corrupted", "clean"]
 MODES: tuple[str, ...] = ("zero", "mean", "resample", "corrupted", "clean")
@@ -86,8 +86,7 @@ def check_metric(metric: str) -> None:
 def _forward_final(hooked: HookedLM, inputs: dict, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
     """Final-position logits [b, V] of one hooked forward pass."""
     with hooked.hooks(interventions=interventions):
-        out = hooked.model(**on_model_device(inputs, hooked.model), logits_to_keep=1)
-    return final_logits(out.logits)
+        return final_position_logits(hooked.model, inputs)
 
 
 @torch.no_grad()

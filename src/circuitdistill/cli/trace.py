@@ -9,7 +9,7 @@ import typer
 
 from ..output_dirs import prepare_output_file
 from ..trace.classifier import Tracer, TracerConfig
-from ..trace.experiment import ExperimentConfig, run_experiment
+from ..trace.experiment import TraceExperimentConfig, run_trace_experiment
 from ..trace.io import TraceInputError, read_texts
 from ..trace.report import format_top_features, prediction_report
 from ..trace.taggers import TaggerNotAvailable
@@ -76,9 +76,9 @@ def predict_cmd(model: Path = typer.Option(..., "--model", help="tracer model JS
     typer.echo(f"wrote {out}")
 
 
-def experiment_cmd(cfg: ExperimentConfig):
+def experiment_cmd(cfg: TraceExperimentConfig):
     """End to end: teachers answer instructions, students are fine-tuned on them, the tracer attributes students."""
-    res = run_experiment(cfg)
+    res = run_trace_experiment(cfg)
     for row in res.get("table", []):
         typer.echo(f"{row['method']:<11} accuracy {row['accuracy']:.3f}  95% CI {row['ci95']}")
     if "chance" in res:
@@ -90,7 +90,7 @@ def experiment_cmd(cfg: ExperimentConfig):
 EXPERIMENT_OPTION_NAMES = {"teachers": ("--teacher", "--teachers"), "decoding.max_new_tokens": ("--max-new-tokens",),
                            "decoding.batch_size": ("--gen-batch-size",), "decoding.do_sample": ("--sample/--greedy",),
                            "student.train_layers": ("--student-layers",)}  # the names these options had before
-trace_app.command("experiment")(config_command(ExperimentConfig, experiment_cmd, names=EXPERIMENT_OPTION_NAMES))
+trace_app.command("experiment")(config_command(TraceExperimentConfig, experiment_cmd, names=EXPERIMENT_OPTION_NAMES))
 
 
 def register(app: typer.Typer) -> None:

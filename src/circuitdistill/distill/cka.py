@@ -20,6 +20,9 @@ Numerics:
 * the ε under the square root keeps constant or degenerate inputs defined (their CKA is 0) and differentiable;
   the result is never clamped, so the debiased estimator can (correctly) be slightly negative.
 
+``cka_all_pairs`` evaluates the biased estimator for every pair of components of two stacks at once (the
+cross-model head similarity of ``analysis.similarity``).
+
 At m = 32 the biased estimator is inflated on independent data (≈ 0.2 or more, growing with d/m); the
 debiased one averages ≈ 0. The debiased estimator needs m ≥ 4.
 """
@@ -82,6 +85,36 @@ def cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = False, eps: float = D
     k, l = xs @ xs.T, ys @ ys.T
     hsic = hsic_unbiased if debiased else hsic_biased
     return hsic(k, l) / torch.sqrt(hsic(k, k) * hsic(l, l) + eps)
+
+
+def _nonzero(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x > 0, x, torch.ones_like(x))
+
+
+def _component_grams(x: torch.Tensor, name: str, dtype: torch.dtype, eps: float) -> torch.Tensor:
+    """[m, C, d] -> Gram matrices [C, m, m] of each component, prepared as ``cka`` prepares one input."""
+    if x.dim() != 3:
+        raise ValueError(f"cka_all_pairs: {name} must be [m examples, components, d features]; got {tuple(x.shape)}")
+    x = x.to(dtype)
+    x = x - x.mean(0, keepdim=True)
+    x = x / _nonzero(torch.sqrt(x.pow(2).mean((0, 2), keepdim=True) + eps))
+    return torch.einsum("nad,mad->anm", x, x)
+
+
+def cka_all_pairs(x: torch.Tensor, y: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """Biased CKA of every pair of components: ``x`` [m, A, d1], ``y`` [m, B, d2] -> [A, B], entry (a, b) equal
+    to ``cka(x[:, a], y[:, b], eps=eps)``. Centered inputs make H K H = K, so HSIC_b(K, L) = <K, L>_F / (m − 1)².
+
+    ``eps=0`` guards only exactly constant components (CKA 0): a near-constant component is then compared as it is,
+    so every component has CKA exactly 1 with itself, where the default ε pulls it towards 0.
+    """
+    _check_m(x.shape[0], y.shape[0], False)
+    dtype = _compute_dtype(x, y)
+    kx, ky = _component_grams(x, "x", dtype, eps), _component_grams(y, "y", dtype, eps)
+    d = (x.shape[0] - 1) ** 2
+    kl = torch.einsum("anm,bnm->ab", kx, ky) / d
+    kk, ll = kx.pow(2).sum((1, 2)) / d, ky.pow(2).sum((1, 2)) / d
+    return kl / _nonzero(torch.sqrt(torch.outer(kk, ll) + eps))
 
 
 class CKAAccumulator:

@@ -28,26 +28,43 @@ class ArchTable:
     qkv_fused: bool = False  # GPT-2's c_attn emits q, k and v in one tensor
     weight_layout: Literal["linear", "conv1d"] = "linear"  # nn.Linear W[out,in]; HF Conv1D W[in,out]
     logit_softcap: str | None = None  # config attribute of a final tanh soft-cap on the logits, if any
+    runs_layer_suffix: bool = False  # inputs_embeds enter the first block unchanged (no position embedding added)
     notes: str = ""
+
+    def qkv_widths(self, shape: Shape) -> tuple[int, int, int]:
+        """Widths of the q, k and v projection outputs (k and v are narrower under grouped-query attention);
+        with ``qkv_fused`` the fused output is their concatenation in this order."""
+        return shape.n_heads * shape.d_head, shape.n_kv_heads * shape.d_head, shape.n_kv_heads * shape.d_head
+
+    def qkv_offset(self, component: str, shape: Shape) -> int:
+        """Where ``component``'s ("q", "k" or "v") columns start in the output of its projection."""
+        if not self.qkv_fused:
+            return 0
+        return sum(self.qkv_widths(shape)[:"qkv".index(component)])
 
 
 ARCH_TABLES: dict[str, ArchTable] = {
     "llama": ArchTable("llama", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
-                       "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm", notes="q/k recorded before RoPE"),
+                       "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm",
+                       runs_layer_suffix=True, notes="q/k recorded before RoPE"),
     "mistral": ArchTable("mistral", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
-                         "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm", notes="q/k recorded before RoPE"),
+                         "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm",
+                         runs_layer_suffix=True, notes="q/k recorded before RoPE"),
     "qwen2": ArchTable("qwen2", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
-                       "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm", notes="q/k/v carry biases; q/k before RoPE"),
+                       "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm",
+                       runs_layer_suffix=True, notes="q/k/v carry biases; q/k before RoPE"),
     "gemma3_text": ArchTable("gemma3_text", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
                              "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm",
-                             logit_softcap="final_logit_softcapping",
+                             logit_softcap="final_logit_softcapping", runs_layer_suffix=True,
                              notes="q/k recorded before q_norm/k_norm and RoPE"),
     "gpt2": ArchTable("gpt2", "transformer.h", "attn", "attn.c_proj", "attn.c_attn", "attn.c_attn", "attn.c_attn",
-                      "mlp", "ln_1", "transformer.ln_f", qkv_fused=True, weight_layout="conv1d", notes="c_attn is fused [q|k|v]; Conv1D weights"),
+                      "mlp", "ln_1", "transformer.ln_f", qkv_fused=True, weight_layout="conv1d",
+                      notes="c_attn is fused [q|k|v]; Conv1D weights; wpe is added to inputs_embeds"),
 }
 ARCH_TABLES["gemma3"] = ARCH_TABLES["gemma3_text"]
 
 SUPPORTED = sorted(ARCH_TABLES)
+FAMILIES = tuple(name for name, table in ARCH_TABLES.items() if table.family == name)  # one per row, no aliases
 
 
 class UnsupportedArchitecture(ValueError):
@@ -126,9 +143,8 @@ def head_param_slices(model: nn.Module, layer: int, head: int, component: HeadCo
         idx = (slice(None), rows) if table.weight_layout == "linear" else (rows, slice(None))
         return [(proj.weight, idx)]  # the o bias is shared by all heads, never a head's own
     proj = get_module(block, getattr(table, component))
-    if table.qkv_fused:
-        offset = {"q": 0, "k": 1, "v": 2}[component] * shape.d_model
-        rows = slice(offset + head * d, offset + (head + 1) * d)
+    offset = table.qkv_offset(component, shape)
+    rows = slice(offset + head * d, offset + (head + 1) * d)
     w_idx = (rows, slice(None)) if table.weight_layout == "linear" else (slice(None), rows)
     out = [(proj.weight, w_idx)]
     if getattr(proj, "bias", None) is not None:

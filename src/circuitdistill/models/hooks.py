@@ -218,7 +218,7 @@ class HookedLM:
                 i = "qkv".index(comp)
 
                 def fused(mod, args, output):
-                    parts = list(output.split(s.d_model, dim=-1))
+                    parts = list(output.split(t.qkv_widths(s), dim=-1))
                     new = process(parts[i], n)
                     if new is None:
                         return None

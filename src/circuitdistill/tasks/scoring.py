@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..models.hooks import HookedLM
+from ..models.hooks import HookedLM, on_model_device
 from . import metrics as M
 from .batching import encode_items, left_padded_position_ids, model_inputs
 from .schema import TaskItem
@@ -34,11 +34,21 @@ def forward_inputs(batch: dict) -> dict:
     return out
 
 
-def final_position_logits(model, batch: dict) -> torch.Tensor:
-    """[b, V] logits at the final prompt position, computing only that position's logits."""
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in forward_inputs(batch).items()}
-    return model(**inputs, logits_to_keep=1).logits[:, -1, :]
+_TAKES_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def final_position_logits(model, inputs: dict) -> torch.Tensor:
+    """[b, V] logits at the final position for the forward arguments ``inputs`` (moved to the model's device);
+    asks the model for only that position when its forward takes ``logits_to_keep``."""
+    inputs = on_model_device(inputs, model)
+    if _TAKES_LOGITS_TO_KEEP.get(type(model), True):
+        try:
+            return M.final_logits(model(**inputs, logits_to_keep=1).logits)
+        except TypeError as e:
+            if "logits_to_keep" not in str(e):
+                raise
+            _TAKES_LOGITS_TO_KEEP[type(model)] = False
+    return M.final_logits(model(**inputs).logits)
 
 
 def wilson_ci(k: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -139,11 +149,11 @@ def evaluate(model, tokenizer, items: Sequence[TaskItem], batch_size: int = 32, 
         for i in tqdm(starts, desc="evaluate", unit="batch", disable=not progress):
             batch = encode_items(tokenizer, items[i:i + batch_size])
             if interventions is None:
-                final = final_position_logits(model, batch)
+                final = final_position_logits(model, forward_inputs(batch))
             else:
                 ivs = interventions(batch) if callable(interventions) else interventions
                 with hooked.hooks(interventions=ivs):
-                    final = final_position_logits(model, batch)
+                    final = final_position_logits(model, forward_inputs(batch))
             final = final.float().cpu()
             acc.append(M.accuracy(final, batch))
             cacc.append(M.candidate_accuracy(final, batch))

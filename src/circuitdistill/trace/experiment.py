@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models import registry
+from ..models.arch import get_module, table_for
 from ..utils import provenance, seed_everything, sha256_json, versioned, write_json_atomic, write_text_atomic
 from .io import append_jsonl, compact_jsonl, read_done, read_jsonl
 from .report import experiment_report
@@ -59,7 +60,7 @@ class StudentConfig(BaseModel):
     checkpoint_every: int = Field(10, ge=1, description="optimizer steps between checkpoints")
 
 
-class ExperimentConfig(BaseModel):
+class TraceExperimentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     teachers: list[str] = Field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"],
                                 description="teacher models (repeatable or comma separated); model@persona for a "
@@ -90,7 +91,7 @@ class ExperimentConfig(BaseModel):
         return v
 
 
-def load_instructions(cfg: ExperimentConfig) -> tuple[list[dict], list[dict]]:
+def load_instructions(cfg: TraceExperimentConfig) -> tuple[list[dict], list[dict]]:
     path = cfg.instructions or default_instructions_path()
     rows = read_jsonl(path)
     for i, r in enumerate(rows, 1):
@@ -178,18 +179,19 @@ def _trainable(model, train_layers: int) -> list[torch.nn.Parameter]:
         return [p for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
-    layers = model.model.layers
+    table = table_for(model)
+    layers = get_module(model, table.layers)
     k = min(train_layers, len(layers))
     params = []
     for layer in layers[len(layers) - k:]:
         params += list(layer.parameters())
-    params += list(model.model.norm.parameters())
+    params += list(get_module(model, table.final_norm).parameters())
     for p in params:
         p.requires_grad_(True)
     return params
 
 
-def train_student(teacher: str, data: list[dict], cfg: ExperimentConfig, ckpt_dir: Path) -> tuple[str, dict]:
+def train_student(teacher: str, data: list[dict], cfg: TraceExperimentConfig, ckpt_dir: Path) -> tuple[str, dict]:
     """Fine-tune ``cfg.student.base`` on one teacher's answers; resume from ``ckpt_dir``; return (name, info)."""
     sc = cfg.student
     name = f"trace-student-{safe_name(teacher)}-{sha256_json([teacher, sc.model_dump(), cfg.seed, cfg.n_train, sorted(r['id'] for r in data)])[:8]}"
@@ -277,7 +279,7 @@ def available_teachers(specs: list[str]) -> tuple[list[str], dict[str, str]]:
     return ok, missing
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict:
+def run_trace_experiment(cfg: TraceExperimentConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     out = cfg.out_dir
