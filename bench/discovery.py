@@ -9,7 +9,7 @@ answer, at the final position or at all positions):
      (GradDrop) and "star" (both: AtP*), each with its Spearman correlation with the exact scores over all
      heads and over the top 30 heads (by |exact effect|);
   4. with --heldout N: faithfulness (circuit-only / full accuracy, other heads mean-ablated at
-     --faithfulness-positions) on the N items after the first --n-items of the file, of the top
+     --faithfulness-positions) on the N items after the first --max-items of the file, of the top
      --circuit-size heads by exact patching, by each variant, and by --verify K (--verify-with ranks every
      head, exact patching re-scores its top K, the circuit is the top --circuit-size of those); the verify
      time is the ranking time plus the exact re-scoring time;
@@ -19,7 +19,7 @@ The naive loop is slow on 2 CPU cores; by default it runs on --naive-heads evenl
 full-sweep time is extrapolated linearly (printed as such). --naive-heads 0 runs it on every head.
 
     nice -n 10 .venv/bin/python bench/discovery.py --model smollm2-135m-et-teacher \
-        --data runs/tasks/et7_validation.jsonl --n-items 32 --positions all --heldout 64
+        --data runs/tasks/et7_validation.jsonl --max-items 32 --positions all --heldout 64
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-et-teacher")
     ap.add_argument("--data", default="runs/tasks/et7_validation.jsonl",
                     help="task JSONL with corrupted prompts; 'toy' for generated 3-box prompts")
-    ap.add_argument("--n-items", type=int, default=32)
+    ap.add_argument("--max-items", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rows-per-pass", type=int, default=None)
     ap.add_argument("--naive-heads", type=int, default=27, help="heads the naive loop runs (0 = all)")
@@ -99,12 +99,12 @@ def main() -> None:
     model, tok = registry.load_model(args.model)
     hk = HookedLM(model, tok)
     if args.data == "toy":
-        pool = box_items(tok, args.n_items + args.heldout, 3)
+        pool = box_items(tok, args.max_items + args.heldout, 3)
     else:
         from circuitdistill.tasks.io import load_items
 
-        pool = load_items(args.data)[: args.n_items + args.heldout]
-    items, heldout = pool[: args.n_items], pool[args.n_items:]
+        pool = load_items(args.data)[: args.max_items + args.heldout]
+    items, heldout = pool[: args.max_items], pool[args.max_items:]
     heads = all_heads(hk)
     n_total = len(heads)
     print(f"model {args.model}: {hk.shape.n_layers} layers x {hk.shape.n_heads} heads = {n_total}; "

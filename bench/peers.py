@@ -13,7 +13,7 @@ length and it runs once per group (the grid is the item-weighted mean over group
 left-padded batches.
 
     nice -n 10 .venv/bin/python bench/peers.py --model runs/demo/stages/teacher-*/model \
-        --data runs/demo/stages/data-*/validation.jsonl --n-items 16
+        --data runs/demo/stages/data-*/validation.jsonl --max-items 16
 """
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", required=True, help="task JSONL with corrupted prompts")
-    ap.add_argument("--n-items", type=int, default=16)
+    ap.add_argument("--max-items", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rows-per-pass", type=int, default=None)
     ap.add_argument("--positions", default="all,final", help="all, final or both (comma separated)")
@@ -123,7 +123,7 @@ def main() -> None:
 
     model, tok = registry.load_model(args.model)
     model.eval()
-    items = load_items(args.data)[: args.n_items]
+    items = load_items(args.data)[: args.max_items]
     bridge = bridge_around(model)
     print(f"model {args.model}: {len(items)} items from {args.data}; threads={args.threads}; {args.clock} seconds; "
           f"{len(length_groups(tok, items))} length group(s) for TransformerLens")

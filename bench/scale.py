@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=16, help="training batch (distill's default)")
     ap.add_argument("--teacher-batch-size", type=int, default=32, help="cache-teacher's default batch")
     ap.add_argument("--seq-len", type=int, default=128, help="tokens per prompt (7-box entity tracking: ~80)")
-    ap.add_argument("--top-k", type=int, default=64, help="cache-teacher --top-k (default 64)")
+    ap.add_argument("--top-k-logits", type=int, default=64, help="cache-teacher --top-k-logits (default 64)")
     ap.add_argument("--items", type=int, default=1000, help="cached items for the disk column")
     ap.add_argument("--budget", type=float, default=0.15, help="head budget (match --budget)")
     a = ap.parse_args(argv)
@@ -181,14 +181,14 @@ def main(argv=None) -> None:
 
     t = llama_config(TEACHER)
     all_heads = t.num_hidden_layers * t.num_attention_heads
-    print(f"\n## Teacher cache ({TEACHER}, top-k {a.top_k}, {a.items:,} items)\n")
+    print(f"\n## Teacher cache ({TEACHER}, top-k {a.top_k_logits}, {a.items:,} items)\n")
     print("| cache | heads stored | bytes per item | for the items |")
     print("|---|---|---|---|")
     for label, h, cf in (("--heads all (experiment: train and validation caches)", all_heads, False),
                          (f"--heads paired (~{round(a.budget * all_heads)} partners at most)",
                           round(a.budget * all_heads), False),
                          ("--interchange-pairing (experiment: circuit-iit)", round(a.budget * all_heads), True)):
-        per = cache_bytes_per_item(h, t.head_dim, a.top_k, cf)
+        per = cache_bytes_per_item(h, t.head_dim, a.top_k_logits, cf)
         print(f"| {label} | {h} | {per:,} | {per * a.items / GB:.3f} GB |")
 
     print(f"\n## Training memory per row (batch {a.batch_size}, {a.seq_len} tokens, from the teacher cache; "

@@ -30,7 +30,7 @@ def _run(args, home, monkeypatch):
     return CliRunner().invoke(app, ["compare", *map(str, args)])
 
 
-COMMON = ["--metric", "logprob", "--n-items", 6, "--n-boot", 30, "--sweep", "10,30", "--no-progress", "--threads", 1]
+COMMON = ["--metric", "logprob", "--max-items", 6, "--n-boot", 30, "--sweep", "10,30", "--no-progress", "--threads", 1]
 
 
 def test_compare_self_and_cross_family(workspace, monkeypatch):

@@ -25,13 +25,13 @@ def setup(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("method,extra", [("activation", ["--top-n", "3", "--random-sets", "2"]),
+@pytest.mark.parametrize("method,extra", [("activation", ["--circuit-size", "3", "--random-sets", "2"]),
                                           ("attribution", ["--threshold", "0", "--positions", "all"]),
                                           ("path", ["--levels", "2", "--per-level", "2"])])
 def test_discover_writes_circuit_heatmap_summary(setup, method, extra):
     out = setup / f"out-{method}"
     r = CliRunner().invoke(app, ["discover", "--model", str(setup / "model"), "--data", str(setup / "items.jsonl"),
-                                 "--method", method, "--out", str(out), "--n-items", "6", "--batch-size", "3",
+                                 "--method", method, "--out", str(out), "--max-items", "6", "--batch-size", "3",
                                  *extra])
     assert r.exit_code == 0, r.output
     c = Circuit.load(out / "circuit.json")
@@ -54,7 +54,7 @@ def test_discover_errors_name_the_option(setup):
             str(setup / "x")]
     r = CliRunner().invoke(app, [*base, "--method", "magic"])
     assert r.exit_code == 2 and "--method" in r.output
-    r = CliRunner().invoke(app, [*base, "--top-n", "3", "--threshold", "0.1"])
+    r = CliRunner().invoke(app, [*base, "--circuit-size", "3", "--threshold", "0.1"])
     assert r.exit_code == 2 and "not both" in r.output
     r = CliRunner().invoke(app, [*base, "--method", "attribution", "--metric", "accuracy"])
     assert r.exit_code == 2 and "differentiable" in r.output

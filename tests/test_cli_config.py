@@ -104,9 +104,9 @@ def test_every_option_has_a_description(path):
 
 
 def test_bad_option_value_names_the_option(tmp_path):
-    r = runner.invoke(app, ["discover", "--model", "m", "--data", "d", "--out", "o", "--n-items", "0",
+    r = runner.invoke(app, ["discover", "--model", "m", "--data", "d", "--out", "o", "--max-items", "0",
                             "--print-config"])
-    assert r.exit_code == 2 and "error: --n-items:" in r.output
+    assert r.exit_code == 2 and "error: --max-items:" in r.output
     r = runner.invoke(app, ["trace", "experiment", "--student-layers=-1", "--print-config"])
     assert r.exit_code == 2 and "error: --student-layers:" in r.output
     r = _print_config(("trace", "experiment"), tmp_path, {"decoding": {"nope": 1}})

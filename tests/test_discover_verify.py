@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
 def test_verify_rescores_the_top_k_exactly_and_selects_from_exact_scores(setup, fixes):
     d, model, tok, items = setup
     cfg = DiscoverConfig(model=str(d / "model"), data=d / "items.jsonl", method="attribution", positions="all",
-                         top_n=3, verify=5, n_items=6, batch_size=3, out=d / f"out{len(fixes)}", **fixes)
+                         circuit_size=3, verify=5, max_items=6, batch_size=3, out=d / f"out{len(fixes)}", **fixes)
     circuit, _ = run_discover(cfg, progress=False)
     assert Circuit.load(d / f"out{len(fixes)}" / "circuit.json").selection == {"top_n": 3, "verify": 5}
     hk = HookedLM(model, tok)
@@ -51,6 +51,6 @@ def test_verify_rescores_the_top_k_exactly_and_selects_from_exact_scores(setup, 
 def test_verify_options_are_checked(setup):
     d = setup[0]
     with pytest.raises(ValueError, match="more than"):
-        DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", top_n=6, verify=5, out=d / "x")
+        DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", circuit_size=6, verify=5, out=d / "x")
     with pytest.raises(ValueError, match="belong to --method attribution"):
         DiscoverConfig(model="m", data=d / "items.jsonl", method="activation", verify=5, out=d / "x")

@@ -28,7 +28,7 @@ def run(tmp_path_factory):
     res = CliRunner().invoke(app, ["distill", "--method", "circuit", "--student", w["student"], "--teacher-cache",
                                    str(w["root"] / "cache"), "--data", w["data"], "--pairing", w["pairing"],
                                    "--out", str(out), "--steps", "3", "--batch-size", "8", "--lr", "1e-2",
-                                   "--checkpoint-every", "2", "--num-threads", "1"])
+                                   "--checkpoint-every", "2", "--threads", "1"])
     assert res.exit_code == 0, res.output
     return {**w, "out": out}
 
@@ -94,7 +94,7 @@ def test_merge_refuses_a_base_of_another_shape(run, tmp_path):
 
 
 def test_evaluate_accepts_a_distill_output_dir(run, tmp_path):
-    res = CliRunner().invoke(app, ["evaluate", "--model", str(run["out"]), "--data", run["data"], "--limit", "8",
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(run["out"]), "--data", run["data"], "--max-items", "8",
                                    "--threads", "1", "--out", str(tmp_path / "eval.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "eval.json").read_text())["summary"]["n"] == 8

@@ -80,7 +80,7 @@ def _direct_drops(model_dir, items, heads, metric="candidate_accuracy"):
 def test_ablation_effects_match_a_direct_loop(world, tmp_path, baseline):
     cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
                       data=world["data"], out=str(tmp_path), metric="logprob", budget=3,
-                      baseline=baseline, normalise="none", per_position_means=False, batch_size=8, num_threads=1)
+                      baseline=baseline, normalise="none", per_position_means=False, batch_size=8, threads=1)
     pairing = match(cfg, progress=False)
     doc = json.loads((tmp_path / "pairing.json").read_text())
     assert (tmp_path / "pairing.png").stat().st_size > 0
@@ -113,7 +113,7 @@ def test_ablation_effects_match_a_direct_loop(world, tmp_path, baseline):
 def test_match_by_cka_uses_activation_similarity(world, tmp_path):
     cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
                       data=world["data"], out=str(tmp_path), by="cka", budget=0.25, assignment="hungarian",
-                      batch_size=8, num_threads=1)
+                      batch_size=8, threads=1)
     pairing = match(cfg, progress=False)
     assert len(pairing.pairs) == 2 and len({p.teacher for p in pairing.pairs}) == 2  # 25% of 8, one-to-one
     # check one pair's distance directly
@@ -137,7 +137,7 @@ def test_match_by_cka_uses_activation_similarity(world, tmp_path):
 def test_threshold_that_excludes_everything_is_explained(world, tmp_path):
     cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
                       data=world["data"], out=str(tmp_path), metric="candidate_accuracy",
-                      relevance_threshold=2.0, batch_size=8, num_threads=1)
+                      relevance_threshold=2.0, batch_size=8, threads=1)
     with pytest.raises(ValueError, match="relevance_threshold"):
         match(cfg, progress=False)
 
@@ -211,7 +211,7 @@ def test_a_teacher_that_is_a_copy_of_the_student_pairs_every_head_with_itself(wo
     path = circ.save(tmp_path / "all.json")
     cfg = MatchConfig(teacher=world["student"], student=world["student"], circuit=str(path), data=world["data"],
                       out=str(tmp_path / "m"), by="ablation", metric="logprob", budget=8, batch_size=8,
-                      num_threads=1)
+                      threads=1)
     pairing = match(cfg, progress=False)
     assert len(pairing.pairs) >= 2
     assert all(p.student == p.teacher for p in pairing.pairs)
@@ -219,6 +219,6 @@ def test_a_teacher_that_is_a_copy_of_the_student_pairs_every_head_with_itself(wo
 
 def test_identity_pairs_the_circuit_heads_with_themselves(world, tmp_path):
     cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
-                      data=world["data"], out=str(tmp_path), by="identity", batch_size=8, num_threads=1)
+                      data=world["data"], out=str(tmp_path), by="identity", batch_size=8, threads=1)
     pairing = match(cfg, progress=False)
     assert [(p.student, p.teacher) for p in pairing.pairs] == [(h, h) for h in [(1, 2), (0, 3), (1, 0)]]

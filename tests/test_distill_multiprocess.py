@@ -32,7 +32,7 @@ def test_two_processes_match_one_process(tmp_path, method):
     cache = tmp_path / "cache"
     build_cache(CacheConfig(teacher=w["teacher"], data=w["data"], out=str(cache)), progress=False)
     common = ["--method", method, "--student", w["student"], "--teacher-cache", str(cache), "--data", w["data"],
-              "--pairing", w["pairing"], "--steps", "3", "--batch-size", "8", "--lr", "1e-3", "--num-threads", "1",
+              "--pairing", w["pairing"], "--steps", "3", "--batch-size", "8", "--lr", "1e-3", "--threads", "1",
               "--estimator", "debiased"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -44,7 +44,7 @@ def test_two_processes_match_one_process(tmp_path, method):
     assert meta["world_size"] == 2 and meta["backend"] == "gloo"
 
     one = DistillConfig(method=method, student=w["student"], teacher_cache=str(cache), data=w["data"],
-                        pairing=w["pairing"], steps=3, batch_size=8, lr=1e-3, num_threads=1, estimator="debiased",
+                        pairing=w["pairing"], steps=3, batch_size=8, lr=1e-3, threads=1, estimator="debiased",
                         out=str(tmp_path / "one"))
     train(one, progress=False)
     rows1 = [json.loads(l) for l in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]

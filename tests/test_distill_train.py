@@ -37,7 +37,7 @@ def world(tmp_path_factory):
 def _cfg(world, method, out, **kw):
     base = dict(method=method, student=world["student"], teacher_cache=world["cache"], data=world["data"],
                 pairing=world["pairing"], out=str(out), steps=4, batch_size=8, lr=1e-3, checkpoint_every=2,
-                num_threads=1)
+                threads=1)
     base.update(kw)
     return DistillConfig(**base)
 
@@ -98,7 +98,7 @@ def test_kill_and_resume_gives_the_same_weights(world, tmp_path):
     cmd = [sys.executable, "-m", "circuitdistill.cli.main", "distill", "--method", "circuit", "--student",
            world["student"], "--teacher-cache", world["cache"], "--data", world["data"], "--pairing",
            world["pairing"], "--out", str(killed), "--steps", "6", "--batch-size", "8", "--lr", "1e-3",
-           "--checkpoint-every", "2", "--num-threads", "1"]
+           "--checkpoint-every", "2", "--threads", "1"]
     env = {**os.environ, "CIRCUITDISTILL_FAULT_KILL_AFTER_STEP": "3"}
     p = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
@@ -123,7 +123,7 @@ def test_logit_kd_vocabulary_mismatch_fails_at_start(world, tmp_path):
     assert not (tmp_path / "kd" / "log.jsonl").exists()  # nothing trained
     res = CliRunner().invoke(app, ["distill", "--method", "logit-kd", "--student", other, "--teacher-cache",
                                    world["cache"], "--data", world["data"], "--out", str(tmp_path / "kd2"),
-                                   "--num-threads", "1"])
+                                   "--threads", "1"])
     assert res.exit_code == 2 and "share a vocabulary" in res.output
 
 
@@ -158,7 +158,7 @@ def test_resume_may_extend_the_number_of_steps(world, tmp_path):
 
 def test_interchange_from_the_cache_equals_the_live_teacher(world, tmp_path):
     full = tmp_path / "full-vocab-cache"  # every logit kept: the restricted KL is then the full KL
-    build_cache(CacheConfig(teacher=world["teacher"], data=world["data"], out=str(full), top_k=50257,
+    build_cache(CacheConfig(teacher=world["teacher"], data=world["data"], out=str(full), top_k_logits=50257,
                             interchange_pairing=world["pairing"]), progress=False)
     a = train(_cfg(world, "circuit-iit", tmp_path / "cache", steps=2, teacher_cache=str(full)), progress=False)
     b = train(_cfg(world, "circuit-iit", tmp_path / "live", steps=2, teacher_cache=None, teacher=world["teacher"]),

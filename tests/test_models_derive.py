@@ -112,7 +112,7 @@ def _cfg(source, name, tmp_path, **heal):
     h = dict(steps=6, batch_size=2, seq_len=16, lr=1e-3, eval_every=3, checkpoint_every=2, ppl_target_ratio=None,
              threads=1, loss_positions=4)
     return DeriveConfig(source=str(source), name=name, drop_layers="1-2", heldout_passages=6, importance_passages=4,
-                        run_dir=str(tmp_path / f"run-{name}"), heal=HealConfig(**{**h, **heal}))
+                        out=str(tmp_path / f"run-{name}"), heal=HealConfig(**{**h, **heal}))
 
 
 def test_healing_resumes_to_the_same_weights(tmp_path, monkeypatch):

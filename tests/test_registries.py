@@ -55,7 +55,7 @@ def test_discover_runs_the_registered_method(tmp_path):
     items = box_items(tok, 6, 3)
     save_items(tmp_path / "items.jsonl", items)
     base = ["discover", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "items.jsonl"), "--method",
-            "toy-zero", "--batch-size", "3", "--top-n", "2"]
+            "toy-zero", "--batch-size", "3", "--circuit-size", "2"]
     r = CliRunner().invoke(app, [*base, "--ablation", "mean", "--out", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "supports --ablation zero" in r.output  # the method's own limits are checked
     r = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "out")])

@@ -74,14 +74,14 @@ def test_derived_names_cannot_shadow_a_builtin_or_be_a_path(world, home, tmp_pat
     builtin = home / "models" / "smollm2-135m"
     builtin.mkdir(parents=True)
     (builtin / "circuitdistill.json").write_text("{}")
-    base = ["teacher", "--base", world["model"], "--run-dir", tmp_path / "run"]
+    base = ["teacher", "--base", world["model"], "--out", tmp_path / "run"]
     _fails([*base, "--name", "smollm2-135m"], "built-in")
     assert (builtin / "circuitdistill.json").read_text() == "{}"
     user_dir = tmp_path / "mine"
     user_dir.mkdir()
     (user_dir / "notes.txt").write_text("keep me")
     _fails([*base, "--name", str(user_dir)], "plain name", "--save-to")
-    _fails(["warmup", "--base", world["model"], "--name", "../x", "--run-dir", tmp_path / "run2"], "plain name")
+    _fails(["warmup", "--base", world["model"], "--name", "../x", "--out", tmp_path / "run2"], "plain name")
     _fails(["distill", "--method", "full-kd", "--student", world["model"], "--teacher", world["model"], "--data",
             world["data"], "--out", tmp_path / "d", "--save-as", "gemma3-270m"], "built-in")
     assert (user_dir / "notes.txt").read_text() == "keep me"
@@ -93,7 +93,7 @@ def test_save_to_refuses_a_foreign_directory(world, tmp_path, no_compute):
     user_dir = tmp_path / "mine"
     user_dir.mkdir()
     (user_dir / "notes.txt").write_text("keep me")
-    _fails(["teacher", "--base", world["model"], "--save-to", user_dir, "--run-dir", tmp_path / "run"],
+    _fails(["teacher", "--base", world["model"], "--save-to", user_dir, "--out", tmp_path / "run"],
            "not a model saved by circuitdistill", "--overwrite")
     with pytest.raises(UserError, match="not a model saved"):
         registry.save_model_dir(tiny_model("llama"), gpt2_tokenizer(), user_dir, {})
@@ -141,26 +141,26 @@ def test_commands_refuse_foreign_or_earlier_outputs(world, tmp_path, no_compute)
     out = tmp_path / "out"
     out.mkdir()
     (out / "config.json").write_text("user's own")
-    _fails(["discover", "--model", world["model"], "--data", world["data"], "--out", out, "--top-n", 2],
+    _fails(["discover", "--model", world["model"], "--data", world["data"], "--out", out, "--circuit-size", 2],
            "did not write", "config.json")
     _fails(["distill", "--method", "full-kd", "--student", world["model"], "--teacher", world["model"], "--data",
             world["data"], "--out", out, "--steps", 1, "--batch-size", 4], "did not write")
     assert (out / "config.json").read_text() == "user's own"
     earlier = prepare_output_dir(tmp_path / "earlier")
     (earlier / "circuit.json").write_text("{}")
-    _fails(["discover", "--model", world["model"], "--data", world["data"], "--out", earlier, "--top-n", 2],
+    _fails(["discover", "--model", world["model"], "--data", world["data"], "--out", earlier, "--circuit-size", 2],
            "earlier run", "--overwrite")
     _fails(["distill", "--method", "full-kd", "--student", world["model"], "--teacher", world["model"], "--data",
             world["data"], "--out", earlier, "--steps", 1, "--batch-size", 4], "--resume", "--overwrite")
     _fails(["evaluate", "--model", world["model"], "--data", world["data"], "--out", earlier], "is a directory")
     (tmp_path / "afile").write_text("")
     _fails(["discover", "--model", world["model"], "--data", world["data"], "--out", tmp_path / "afile" / "x",
-            "--top-n", 2], "cannot write")
+            "--circuit-size", 2], "cannot write")
 
 
 def test_second_discover_to_the_same_out_needs_overwrite(world, tmp_path):
-    args = ["discover", "--model", world["model"], "--data", world["data"], "--out", tmp_path / "c", "--top-n", 2,
-            "--n-items", 4, "--batch-size", 4, "--threads", 1]
+    args = ["discover", "--model", world["model"], "--data", world["data"], "--out", tmp_path / "c", "--circuit-size", 2,
+            "--max-items", 4, "--batch-size", 4, "--threads", 1]
     r = runner.invoke(app, [str(a) for a in args])
     assert r.exit_code == 0, r.output
     before = (tmp_path / "c" / "circuit.json").read_text()
@@ -247,7 +247,7 @@ def test_distill_resume_refuses_changed_data(world, tmp_path):
     data = tmp_path / "train.jsonl"
     save_items(data, make_items(8, seed=0))
     args = ["distill", "--method", "full-kd", "--student", world["model"], "--teacher", world["model"], "--data",
-            data, "--out", tmp_path / "run", "--steps", 1, "--batch-size", 4, "--num-threads", 1]
+            data, "--out", tmp_path / "run", "--steps", 1, "--batch-size", 4, "--threads", 1]
     r = runner.invoke(app, [str(a) for a in args])
     assert r.exit_code == 0, r.output
     save_items(data, make_items(8, seed=1))
@@ -276,7 +276,7 @@ def test_multi_token_answers_are_refused_by_every_scoring_command(world, tmp_pat
 
 def test_conflicting_or_empty_options(world, tmp_path, no_compute):
     m, d = world["model"], world["data"]
-    _fails(["teacher", "--base", m, "--steps", 0, "--run-dir", tmp_path / "r"], "--steps 0")
+    _fails(["teacher", "--base", m, "--steps", 0, "--out", tmp_path / "r"], "--steps 0")
     _fails(["distill", "--method", "circuit", "--student", m, "--teacher", m, "--teacher-cache", tmp_path,
             "--data", d, "--pairing", world["pairing"]], "not both")
     _fails(["distill", "--method", "full-kd", "--student", m, "--teacher", m, "--data", d, "--pairing",
@@ -288,13 +288,13 @@ def test_conflicting_or_empty_options(world, tmp_path, no_compute):
     wrong.write_text(json.dumps({"heads": [{"layer": 5, "head": 0, "score": 1}], "n_layers": 6,
                                  "n_heads_per_layer": 4, "method": "x", "metric": "y"}))
     _fails(["evaluate", "--model", m, "--data", d, "--circuit", wrong], "6 layers", "2 x 4")
-    _fails(["discover", "--model", m, "--data", d, "--out", tmp_path / "c", "--top-n", 9], "--top-n 9", "8 heads")
+    _fails(["discover", "--model", m, "--data", d, "--out", tmp_path / "c", "--circuit-size", 9], "--circuit-size 9", "8 heads")
     _fails(["match", "--teacher", m, "--student", m, "--circuit", empty, "--data", d, "--budget", 9], "--budget 9")
 
 
 def test_threshold_with_no_head_writes_no_circuit(world, tmp_path):
     _fails(["discover", "--model", world["model"], "--data", world["data"], "--out", tmp_path / "c", "--threshold",
-            1e9, "--n-items", 4, "--batch-size", 4, "--threads", 1], "no head reached --threshold")
+            1e9, "--max-items", 4, "--batch-size", 4, "--threads", 1], "no head reached --threshold")
     assert not (tmp_path / "c" / "circuit.json").exists()
 
 

@@ -34,7 +34,7 @@ def test_cache_bytes_per_item_matches_a_real_cache(tmp_path, scale, heads, inter
     sizes = {}
     for n in (4, 12):
         out = build_cache(CacheConfig(teacher=w["teacher"], data=w["data"], out=str(tmp_path / f"c{heads}{n}"),
-                                      heads=heads, pairing=w["pairing"], max_items=n, top_k=5, num_threads=1,
+                                      heads=heads, pairing=w["pairing"], max_items=n, top_k_logits=5, threads=1,
                                       interchange_pairing=w["pairing"] if interchange else None), progress=False)
         meta = json.loads((out / META_FILE).read_text())
         per = scale.cache_bytes_per_item(meta["n_heads_stored"], meta["shape"]["d_head"], meta["top_k"],

@@ -25,7 +25,7 @@ def tiny_home(tmp_path, monkeypatch):
 def test_experiment_runs_all_stages_and_resumes(tiny_home):
     tmp, ins = tiny_home
     cfg = TraceExperimentConfig(teachers=["tiny-a", "tiny-b"], instructions=ins, n_train=10, n_test=4,
-                                out_dir=tmp / "run", decoding={"max_new_tokens": 6, "batch_size": 4},
+                                out=tmp / "run", decoding={"max_new_tokens": 6, "batch_size": 4},
                                 student={"base": "tiny-a", "train_layers": 1, "epochs": 1, "batch_size": 4,
                                          "checkpoint_every": 1, "max_len": 48})
     res = run_trace_experiment(cfg)

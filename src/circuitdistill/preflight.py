@@ -17,6 +17,8 @@ def check_device(device: str) -> None:
     """``--device`` must name a device this torch build can use."""
     import torch
 
+    if device == "auto":
+        return
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as e:

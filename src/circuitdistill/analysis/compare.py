@@ -19,10 +19,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ..models import registry
 from ..models.hooks import HookedLM
+from ..models.placement import Device, DType, device_field, dtype_field, threads_field
 from ..tasks.io import load_items
 from ..tasks.schema import TaskItem
 from ..utils import atomic_path, cache_home, provenance, save_figure_atomic, sha256_file, sha256_json, \
@@ -43,7 +44,8 @@ class CompareConfig(BaseModel):
     student: str = Field(description="student model: built-in name, derived name or local directory")
     data: Path = Field(description="task items, JSONL (circuitdistill.tasks.schema.TaskItem per line)")
     out: Path = Field(description="output directory (compare.json, compare.md, PNGs)")
-    n_items: int = Field(64, ge=4, description="items drawn (seeded) from the data file; all if fewer")
+    max_items: int = Field(64, ge=4, validation_alias=AliasChoices("max_items", "n_items"),
+                           description="items drawn (seeded) from the data file; all if fewer")
     seed: int = Field(0, description="seed of the item draw and the bootstrap")
     metric: Literal["logit_diff", "logprob", "accuracy"] = Field(
         "logit_diff", description="the metric whose drop is a component's influence")
@@ -64,8 +66,9 @@ class CompareConfig(BaseModel):
     batch_rows: int = Field(64, ge=1, description="rows per forward pass in ablation sweeps")
     item_batch: int = Field(16, ge=1, description="items per tokenised batch")
     pattern_len: int = Field(32, ge=2, description="attention patterns are cropped to at most this many final tokens")
-    device: str = Field("cpu", description="torch device the models run on: cpu, cuda or cuda:N")
-    threads: int = Field(2, ge=1, description="torch CPU threads")
+    device: Device = device_field()
+    dtype: DType = dtype_field()
+    threads: int = threads_field()
     cache: bool = Field(True, description="reuse/store per-model sweeps under $CIRCUITDISTILL_HOME/compare")
     progress: bool = Field(True, description="progress bars")
 
@@ -101,7 +104,14 @@ def _profile_key(model_name: str, items: list[TaskItem], cfg: CompareConfig) -> 
     return sha256_json({"v": CACHE_VERSION, "model": path, "fp": weights_fingerprint(path),
                         "items": [it.model_dump(mode="json") for it in items],
                         **cfg.model_dump(include={"metric", "ablation", "pattern_len", "item_batch", "threshold",
-                                                  "sweep", "prune", "max_prune_rounds"}, mode="json")})[:24]
+                                                  "sweep", "prune", "max_prune_rounds"}, mode="json"),
+                        **_dtype_key(cfg)})[:24]
+
+
+def _dtype_key(cfg: CompareConfig) -> dict:
+    """Float32 profiles keep the keys they had before the dtype was an option."""
+    dtype = registry.resolve_dtype(cfg.dtype, registry.resolve_device(cfg.device))
+    return {} if dtype == torch.float32 else {"dtype": str(dtype)}
 
 
 def profile_model(model_name: str, items: list[TaskItem], cfg: CompareConfig, label: str) -> dict:
@@ -114,7 +124,7 @@ def profile_model(model_name: str, items: list[TaskItem], cfg: CompareConfig, la
         state["from_cache"] = True
         return state
     t0 = time.time()
-    model, tok = registry.load_model(model_name, device=cfg.device)
+    model, tok = registry.load_model(model_name, device=cfg.device, dtype=cfg.dtype)
     hooked = HookedLM(model, tok)
     batches = encode_batches(tok, items, cfg.item_batch)
     means = ablation_means(hooked, batches) if cfg.ablation == "mean" else None
@@ -150,7 +160,7 @@ def run_compare(cfg: CompareConfig) -> dict:
     if not cfg.data.exists():
         raise FileNotFoundError(f"data file {cfg.data} does not exist (pass --data F.jsonl)")
     all_items = load_task_items(cfg.data)
-    items, idx = select_items(all_items, cfg.n_items, cfg.seed)
+    items, idx = select_items(all_items, cfg.max_items, cfg.seed)
     if len(items) < 4:
         raise ValueError(f"{cfg.data} holds {len(items)} items; the comparison needs at least 4")
     prof = {"teacher": profile_model(cfg.teacher, items, cfg, "teacher"),
@@ -304,7 +314,7 @@ def render_markdown(r: dict, cfg: CompareConfig) -> str:
              "", "Percentile bootstrap: with few items a resample repeats items, which lowers the rank of the "
              "item x feature matrices and inflates the MLP subspace overlap and CKA, so the resampled scores "
              f"(mean {r.get('alignment_bootstrap_mean', float('nan')):.4f}) can sit above A; use more items "
-             "(--n-items) for a tighter, better-centred interval.",
+             "(--max-items) for a tighter, better-centred interval.",
              "", "| | teacher | student |", "|---|---|---|"]
 
     def row(label, f):

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from ..models import registry
 from ..models.hooks import HookedLM
+from ..models.placement import Device, DType, device_field, dtype_field, threads_field
 from ..tasks.io import load_items
 from ..utils import UserError, provenance, sha256_file, versioned, write_json_atomic, write_text_atomic
 from .circuit import Circuit
@@ -34,10 +35,12 @@ class DiscoverConfig(BaseModel):
     positions: Literal["final", "all"] = Field("final", description="where a head's output is replaced")
     metric: Literal["logprob", "logit_diff", "accuracy", "candidate_accuracy"] = Field(
         "logprob", description="the metric whose drop is a head's score")
-    top_n: Optional[int] = Field(None, ge=1, description="keep the K heads with the largest |score| (default: 10% "
-                                 "of heads)")
+    circuit_size: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("circuit_size", "top_n"),
+                                        description="keep the K heads with the largest |score| (default: 10% of "
+                                        "heads)")
     threshold: Optional[float] = Field(None, ge=0, description="keep heads with |score| >= X instead")
-    n_items: int = Field(64, ge=1, description="use the first N items of the file")
+    max_items: int = Field(64, ge=1, validation_alias=AliasChoices("max_items", "n_items"),
+                           description="use the first N items of the file")
     batch_size: int = Field(32, ge=1, description="items per batch")
     rows_per_pass: Optional[int] = Field(None, ge=1, description="rows of one batched forward pass")
     seed: int = Field(0, description="seed of resample ablation and of the random head sets")
@@ -53,13 +56,15 @@ class DiscoverConfig(BaseModel):
     random_sets: int = Field(0, ge=0, description="also report circuit-only faithfulness with N random head sets")
     faithfulness_positions: Literal["all", "final"] = Field(
         "all", description="with random_sets: ablate non-circuit heads at all positions or only at the final one")
-    threads: int = Field(2, ge=1, description="torch CPU threads")
+    threads: int = threads_field()
+    device: Device = device_field()
+    dtype: DType = dtype_field()
     out: Path = Field(..., description="output directory (circuit.json, heatmap.png, summary.txt)")
 
     @model_validator(mode="after")
     def _check(self) -> "DiscoverConfig":
-        if self.top_n is not None and self.threshold is not None:
-            raise ValueError("give --top-n or --threshold, not both")
+        if self.circuit_size is not None and self.threshold is not None:
+            raise ValueError("give --circuit-size or --threshold, not both")
         m = get_method(self.method)
         if m.needs_gradients and self.metric not in DIFFERENTIABLE:
             raise ValueError(f"--method {m.name} needs a differentiable --metric: {_one_of(DIFFERENTIABLE)}")
@@ -88,7 +93,7 @@ def default_ablation(method: str, items) -> str:
 def run_discover(cfg: DiscoverConfig, progress: bool = True):
     """Python entry point of the command: returns (Circuit, summary text); files go under cfg.out."""
     torch.set_num_threads(cfg.threads)
-    items = load_items(cfg.data)[: cfg.n_items]
+    items = load_items(cfg.data)[: cfg.max_items]
     ablation = cfg.ablation or default_ablation(cfg.method, items)
     if ablation == "corrupted" and not all(it.corrupted_prompt is not None for it in items):
         bad = [i for i, it in enumerate(items) if it.corrupted_prompt is None][:5]
@@ -96,10 +101,10 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
                          f"{bad}); use --ablation mean")
     if cfg.metric == "logit_diff" and any(it.corrupted_answer is None for it in items):
         raise ValueError(f"{cfg.data}: --metric logit_diff needs corrupted_answer on every item")
-    model, tok = registry.load_model(cfg.model)
+    model, tok = registry.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     hooked = HookedLM(model, tok)
     s = hooked.shape
-    top_n, threshold = cfg.top_n, cfg.threshold
+    top_n, threshold = cfg.circuit_size, cfg.threshold
     if top_n is None and threshold is None:
         top_n = max(1, math.ceil(0.1 * s.n_total_heads))
     t0 = time.perf_counter()
@@ -121,7 +126,7 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
     if circuit.n_heads == 0:
         best = float(res.scores.abs().nan_to_num(0.0).max())
         raise UserError(f"no head reached --threshold {threshold} (the largest |score| is {best:.4g}); lower it "
-                        f"or use --top-n; no circuit was written")
+                        f"or use --circuit-size; no circuit was written")
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     circuit.save(out / "circuit.json")

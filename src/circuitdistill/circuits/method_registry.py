@@ -35,7 +35,7 @@ class HeadScores:
     scores: torch.Tensor  # [n_layers, n_heads]: signed relative effect (module docstring); NaN: not measured
     baseline: dict[str, float]  # the mean metric of the reference runs: "clean", optionally "corrupted"
     own_selection: bool = False  # the method picked the heads itself: every non-NaN score is in the circuit and
-    #                              --top-n / --threshold do not apply (path patching)
+    #                              --circuit-size / --threshold do not apply (path patching)
     groups: list[CircuitGroup] = field(default_factory=list)  # how the method grouped the heads it picked
     grid: torch.Tensor | None = None  # the grid circuit.json shows when it is not ``scores`` (path: level 0)
     selection: dict[str, Any] = field(default_factory=dict)  # more entries for circuit.json's "selection"

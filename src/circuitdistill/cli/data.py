@@ -17,6 +17,12 @@ data_app = typer.Typer(help="Task data: generate entity-tracking / theory-of-min
                        no_args_is_help=True)
 
 
+# Unlike elsewhere, --out names a FILE here (one set); --splits writes three files and a manifest, so it takes a
+# folder under its own name, --out-dir, rather than giving one option two kinds of value.
+OUT_HELP = "output JSONL file (a single set)"
+OUT_DIR_HELP = "output folder for the three split files and the manifest (with --splits)"
+
+
 def _parse_splits(s: str | None) -> tuple[int, int, int] | None:
     if not s:
         return None
@@ -54,8 +60,8 @@ def entity_tracking_cmd(
     template: str = typer.Option("prakash", help="prakash (the real task) | crate (warm-up wording)"),
     splits: Optional[str] = typer.Option(None, help="TRAIN,VALIDATION,TEST counts, e.g. 2000,500,1000"),
     disjoint_objects: bool = typer.Option(False, help="with --splits: train objects disjoint from validation/test"),
-    out: Optional[Path] = typer.Option(None, help="output JSONL (single set)"),
-    out_dir: Optional[Path] = typer.Option(None, help="output folder (with --splits)"),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    out_dir: Optional[Path] = typer.Option(None, help=OUT_DIR_HELP),
     prefix: str = typer.Option("et", help="file prefix with --splits: PREFIX_train.jsonl ..."),
 ):
     """Entity tracking: 'The apple is in Box F, ... Box F contains the' -> ' apple'."""
@@ -73,8 +79,8 @@ def tom_cmd(
     template: str = typer.Option("story", help="story (the real task) | alt (warm-up wording)"),
     splits: Optional[str] = typer.Option(None, help="TRAIN,VALIDATION,TEST counts, e.g. 2000,500,1000"),
     disjoint_states: bool = typer.Option(False, help="with --splits: train states disjoint from validation/test"),
-    out: Optional[Path] = typer.Option(None, help="output JSONL (single set)"),
-    out_dir: Optional[Path] = typer.Option(None, help="output folder (with --splits)"),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    out_dir: Optional[Path] = typer.Option(None, help=OUT_DIR_HELP),
     prefix: str = typer.Option("tom", help="file prefix with --splits"),
 ):
     """Theory of mind (CausalToM style): what does a character believe a container holds?"""
@@ -94,8 +100,8 @@ def task_cmd(
     template: Optional[str] = typer.Option(None, help="the task's wording (default: the real task's)"),
     splits: Optional[str] = typer.Option(None, help="TRAIN,VALIDATION,TEST counts, e.g. 2000,500,1000"),
     disjoint_vocab: bool = typer.Option(False, help="with --splits: train answers disjoint from validation/test"),
-    out: Optional[Path] = typer.Option(None, help="output JSONL (single set)"),
-    out_dir: Optional[Path] = typer.Option(None, help="output folder (with --splits)"),
+    out: Optional[Path] = typer.Option(None, help=OUT_HELP),
+    out_dir: Optional[Path] = typer.Option(None, help=OUT_DIR_HELP),
     prefix: Optional[str] = typer.Option(None, help="file prefix with --splits (default: the task's short name)"),
 ):
     """Any registered task, by name."""

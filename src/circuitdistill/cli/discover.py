@@ -28,11 +28,11 @@ def discover_cmd(cfg: DiscoverConfig, overwrite: bool = False):
 
 
 def check_discover_inputs(cfg: DiscoverConfig, overwrite: bool) -> None:
-    """Items scorable by the model, --top-n within its heads, --out ours (or new) and writable."""
-    preflight.check_scorable(load_items(cfg.data)[: cfg.n_items], cfg.model, cfg.data)
+    """Items scorable by the model, --circuit-size within its heads, --out ours (or new) and writable."""
+    preflight.check_scorable(load_items(cfg.data)[: cfg.max_items], cfg.model, cfg.data)
     n_layers, n_heads = preflight.model_shape(cfg.model)
-    if cfg.top_n is not None and cfg.top_n > n_layers * n_heads:
-        raise UserError(f"--top-n {cfg.top_n} is more than the {n_layers * n_heads} heads of {cfg.model} "
+    if cfg.circuit_size is not None and cfg.circuit_size > n_layers * n_heads:
+        raise UserError(f"--circuit-size {cfg.circuit_size} is more than the {n_layers * n_heads} heads of {cfg.model} "
                         f"({n_layers} layers x {n_heads})")
     prepare_output_dir(cfg.out, overwrite=overwrite,
                        legacy_artifacts=("circuit.json", "summary.txt", "heatmap.png"))

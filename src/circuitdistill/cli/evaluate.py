@@ -6,12 +6,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import typer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from .. import preflight
 from ..circuits.circuit import Circuit
 from ..circuits.faithfulness import faithfulness_report
 from ..models import registry
+from ..models.placement import Device, DType, device_field, dtype_field, threads_field
 from ..output_dirs import prepare_output_file
 from ..preflight import check_heads, model_shape
 from ..tasks.io import TaskFileError, load_items
@@ -27,17 +28,16 @@ class EvaluateConfig(BaseModel):
     data: Path = Field(..., description="task JSONL (ours, a user task, or the box-dataset format)")
     out: Optional[Path] = Field(None, description="write results JSON here (summary, per-item vectors, provenance)")
     batch_size: int = Field(32, ge=1, le=4096, description="items per forward pass")
-    limit: Optional[int] = Field(None, ge=1, description="score only the first N items")
-    threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+    max_items: Optional[int] = Field(None, ge=1, validation_alias=AliasChoices("max_items", "limit"),
+                                     description="score only the first N items")
+    threads: int = threads_field()
     circuit: Optional[Path] = Field(None, description="circuit.json: also report circuit-only faithfulness")
     random_sets: int = Field(10, ge=0, le=10_000, description="with circuit: random head sets of the same size as "
                              "control")
     seed: int = Field(0, description="with circuit: seed of the random sets")
     per_item: bool = Field(True, description="store the per-item metric vectors in the JSON (for paired tests)")
-    device: Literal["auto", "cuda", "mps", "cpu"] = Field("auto", description="auto (CUDA, else MPS, else CPU) | "
-                                                          "cuda | mps | cpu")
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("fp32", description="auto (bf16 on a CUDA GPU that has "
-                                                           "it) | bf16 | fp16 | fp32")
+    device: Device = device_field()
+    dtype: DType = dtype_field()
 
 
 def evaluate_cmd(cfg: EvaluateConfig):
@@ -49,8 +49,8 @@ def evaluate_cmd(cfg: EvaluateConfig):
     except (TaskFileError, FileNotFoundError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
-    if cfg.limit:
-        items = items[: cfg.limit]
+    if cfg.max_items:
+        items = items[: cfg.max_items]
     if cfg.circuit is not None:
         if not cfg.circuit.exists():
             typer.echo(f"error: circuit file {cfg.circuit} does not exist", err=True)

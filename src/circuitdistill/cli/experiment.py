@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from ..experiment.config import ExperimentConfig
 from ..experiment.config import preset as make_preset
+from ..models.placement import DEVICE_HELP, DTYPE_HELP, THREADS_HELP
 from ..output_dirs import prepare_output_dir
 from ..utils import UserError
 from .config_command import (CONFIG_OPTION, PRINT_CONFIG_OPTION, comma_separated, echo_config, read_config_file,
@@ -73,7 +74,9 @@ def experiment_cmd(
     head_lr: Optional[float] = typer.Option(None, help="override: learning rate of head-only methods"),
     estimator: Optional[str] = typer.Option(None, help="override: biased | debiased"),
     n_test: Optional[int] = typer.Option(None, help="override: test items"),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP.format("ExperimentConfig")),
     config: Optional[str] = CONFIG_OPTION,
     print_config: bool = PRINT_CONFIG_OPTION,
@@ -86,7 +89,7 @@ def experiment_cmd(
     """
     named = dict(task=task, out=out, teacher=teacher, student=student, teacher_base=teacher_base,
                  student_base=student_base, steps=steps, lam=lam, lr=lr, head_lr=head_lr, estimator=estimator,
-                 n_test=n_test, threads=threads, seeds=comma_separated(seeds), methods=comma_separated(methods))
+                 n_test=n_test, threads=threads, device=device, dtype=dtype, seeds=comma_separated(seeds), methods=comma_separated(methods))
     cfg = resolve(ExperimentConfig, lambda d: make_preset(preset, d.get("task", "entity-tracking"), d.get("out")),
                   config, named, set_)
     if print_config:

@@ -30,7 +30,7 @@ def fit_cmd(teachers: Path = typer.Option(..., "--teachers", help="JSONL of {tex
             features: str = typer.Option("pos", help="pos (PoS templates) or ngram (word 1-3-grams)"),
             tagger: str = typer.Option("spacy", help="spacy (Penn Treebank) or hanta (English model, CLAWS5 tags)"),
             n: int = typer.Option(4, help="PoS template length"),
-            top_k: int = typer.Option(50, help="number of most frequent templates kept"),
+            top_k: int = typer.Option(50, "--top-k-templates", help="PoS templates kept: the K most frequent"),
             c: float = typer.Option(1.0, "--C", help="inverse regularisation strength"),
             seed: int = typer.Option(0)):
     """Fit the tracer on teachers' texts."""
@@ -84,7 +84,7 @@ def experiment_cmd(cfg: TraceExperimentConfig):
     if "chance" in res:
         typer.echo(f"{'chance':<11} {res['chance']:.3f}")
     typer.echo(json.dumps(res.get("timings_s", {})))
-    typer.echo(f"report: {cfg.out_dir / 'report.md'}")
+    typer.echo(f"report: {cfg.out / 'report.md'}")
 
 
 EXPERIMENT_OPTION_NAMES = {"teachers": ("--teacher", "--teachers"), "decoding.max_new_tokens": ("--max-new-tokens",),

@@ -47,7 +47,7 @@ def _check_user_files(tok, *paths: Path | None) -> None:
 
 def _run(cfg, tr, va, run_dir: Path, resume: bool, info: dict, save_to: Path | None = None, overwrite: bool = False):
     torch.set_num_threads(cfg.threads)
-    model, tok = registry.load_model(cfg.base)  # before finetune seeds torch, as the experiment's stages do
+    model, tok = registry.load_model(cfg.base, device=cfg.device, dtype=cfg.dtype)  # before finetune seeds torch, as the experiment's stages do
     rec = finetune(cfg, tr, va, run_dir, resume=resume, model=model, tokenizer=tok, data_info=info, save_to=save_to,
                    overwrite=overwrite)
     typer.echo(json.dumps({k: rec[k] for k in ("name", "steps", "stop_reason", "final_val_accuracy", "train_seconds",
@@ -58,7 +58,7 @@ def _fine_tune(run: TeacherRun | WarmupRun, suffix: str, resume: bool, overwrite
                user_files: tuple[Path | None, ...], make_data: Callable) -> None:
     """Check the destinations and the user's files, make the data (``make_data(tok, run_dir)``), train."""
     name = run.name or f"{Path(run.base).name}-{get_task(run.task).short}-{suffix}"
-    run_dir = run.run_dir or Path("runs/tasks") / Path(name).name
+    run_dir = run.out or Path("runs/tasks") / Path(name).name
     check_destinations(name, run.max_steps, run_dir, resume, run.save_to, overwrite)
     try:
         tok = load_tokenizer(run.base)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..models.placement import Device, DType, device_field, dtype_field, threads_field
 
 from .methods import HEAD_ONLY, METHOD_NAMES, METHODS
 
@@ -15,13 +17,6 @@ METHODS_HELP = " | ".join(f"{m.name}: {m.description}" for m in METHODS.values()
 
 class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-Device = Literal["auto", "cuda", "mps", "cpu"]
-DType = Literal["auto", "bf16", "fp16", "fp32"]
-DEVICE_HELP = "where the models run: auto (CUDA, else MPS, else CPU), cuda, mps or cpu"
-DTYPE_HELP = ("parameter dtype of the loaded models: auto (bf16 on a CUDA GPU that has it, else fp32), bf16, fp16 "
-              "or fp32; losses and CKA are computed in float32 whatever it is")
 
 
 class DistillConfig(_Base):
@@ -94,9 +89,8 @@ class DistillConfig(_Base):
                                    "by default it is deleted once model/ is written")
     save_as: str | None = Field(None, description="also save the trained model under this registry name "
                                 "(load_model accepts it afterwards)")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch default)")
-    dtype: DType = Field("fp32", description=DTYPE_HELP + ". The device is accelerate's (run under `accelerate "
-                         "launch` to choose GPUs)")
+    threads: int = threads_field("num_threads", note=", per process")
+    dtype: DType = dtype_field(note=". The device is accelerate's (run under `accelerate launch` to choose GPUs)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -118,8 +112,8 @@ class MergeConfig(_Base):
                       "local HF directory")
     deltas: str = Field(..., description="head_deltas.safetensors written by a head-only `distill` run")
     out: str = Field(..., description="directory for the merged model (a Hugging Face checkpoint)")
-    dtype: DType = Field("fp32", description="dtype the base is loaded, merged and saved in: use the training "
-                         "run's to reproduce its model/ exactly")
+    dtype: DType = dtype_field(note=". The base is loaded, merged and saved in it: use the training run's to "
+                               "reproduce its model/ exactly")
 
 
 class CacheConfig(_Base):
@@ -129,8 +123,9 @@ class CacheConfig(_Base):
     data: str = Field(..., description="items to cache (JSONL)")
     out: str = Field(..., description="output directory (teacher.safetensors + meta.json)")
     position: int = Field(-1, le=-1, description="token position of the stored head outputs (from the end)")
-    top_k: int = Field(64, ge=1, description="how many of the teacher's largest final-position logits to keep "
-                       "(for logit-kd from the cache)")
+    top_k_logits: int = Field(64, ge=1, validation_alias=AliasChoices("top_k_logits", "top_k"),
+                              description="how many of the teacher's largest final-position logits to keep "
+                              "(for logit-kd from the cache)")
     heads: Literal["all", "paired"] = Field(
         "all", description="which teacher heads' outputs to store: all heads (needed by circuit-random with "
         "random_pool=all) or only the teacher heads named in `pairing`")
@@ -141,9 +136,9 @@ class CacheConfig(_Base):
                                             "corrupted prompts")
     batch_size: int = Field(32, ge=1, description="teacher forward batch size")
     max_items: int | None = Field(None, ge=1, description="cache only the first N items")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
-    device: Device = Field("auto", description=DEVICE_HELP)
-    dtype: DType = Field("fp32", description=DTYPE_HELP + ". The cache is stored in float32")
+    threads: int = threads_field("num_threads")
+    device: Device = device_field()
+    dtype: DType = dtype_field(note=". The cache is stored in float32")
 
     @model_validator(mode="after")
     def _check(self):
@@ -204,16 +199,17 @@ class MatchConfig(_Base):
     def _dash(cls, v):
         return v.replace("-", "_") if isinstance(v, str) else v
     seed: int = Field(0, description="seed (recorded; matching itself is deterministic)")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads")
-    device: Device = Field("auto", description=DEVICE_HELP)
-    dtype: DType = Field("fp32", description=DTYPE_HELP)
+    threads: int = threads_field("num_threads")
+    device: Device = device_field()
+    dtype: DType = dtype_field()
 
 
 def schema_markdown(cls: type[_Base]) -> str:
     """A Markdown table of the fields (used for docs/distill.md)."""
     rows = ["| field | default | description |", "|---|---|---|"]
     for name, f in cls.model_fields.items():
-        default = "required" if f.is_required() else json.dumps(f.default)
+        default = ("required" if f.is_required() else "cores available" if f.default_factory is not None
+                   else json.dumps(f.default))
         desc = (f.description or "").replace("|", "\\|")
         rows.append(f"| `{name}` | `{default}` | {desc} |")
     return "\n".join(rows)

@@ -216,8 +216,7 @@ def match(cfg, progress: bool = True) -> Pairing:
 
     import numpy as np
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     items = load_items(cfg.data)
     if cfg.max_items:

@@ -59,8 +59,7 @@ def teacher_pass(hooked: HookedLM, batch: dict, head_list: Sequence[tuple[int, i
 def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
     from safetensors.torch import save_file
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    torch.set_num_threads(cfg.threads)
     items = load_items(cfg.data)
     if cfg.max_items:
         items = items[:cfg.max_items]
@@ -71,7 +70,7 @@ def build_cache(cfg: CacheConfig, progress: bool = True) -> Path:
         head_list = [(l, h) for l in range(shape.n_layers) for h in range(shape.n_heads)]
     else:
         head_list = sorted({p.teacher for p in load_pairing(cfg.pairing).pairs})
-    k = min(cfg.top_k, model.get_output_embeddings().weight.shape[0])
+    k = min(cfg.top_k_logits, model.get_output_embeddings().weight.shape[0])
     cf_heads = None
     if cfg.interchange_pairing:
         cf_heads = sorted({p.teacher for p in load_pairing(cfg.interchange_pairing).pairs})

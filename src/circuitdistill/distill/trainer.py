@@ -51,7 +51,7 @@ from .teacher_cache import TeacherCache, teacher_pass
 
 CHECKPOINT = "checkpoint.pt"
 # fields that do not change the trajectory: a resumed run may differ in these (e.g. more steps)
-RESUME_MAY_CHANGE = ("steps", "out", "num_threads", "checkpoint_every", "keep_checkpoints", "save_as", "eval_data",
+RESUME_MAY_CHANGE = ("steps", "out", "threads", "checkpoint_every", "keep_checkpoints", "save_as", "eval_data",
                      "eval_teacher_cache", "eval_pairing", "eval_interval", "eval_max_items", "eval_batch_size")
 LOG = "log.jsonl"
 RUN_CONFIG = "run_config.json"  # the run's own config + provenance (config.json in OUT/model/ is the HF model's)
@@ -159,8 +159,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    torch.set_num_threads(cfg.threads)
     method = METHODS[cfg.method]
     head_only = method.trains == "heads"
     terms = [(TERMS[n], weight_of(cfg.method, n, cfg)) for n in term_names(cfg.method)]

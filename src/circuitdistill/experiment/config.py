@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..circuits.method_registry import MethodName
 from ..distill.methods import METHOD_NAMES
+from ..models.placement import Device, DType, device_field, dtype_field, threads_field
 from ..tasks.registry import TaskName
 
 ROWS_DEMO = ("full-kd", "circuit-ce", "circuit-random", "circuit")
@@ -89,12 +90,9 @@ class ExperimentConfig(BaseModel):
     analyze_methods: list[str] | None = Field(
         None, description="trained rows that get the mechanism checks and the alignment score A (None: all). "
         "The base student always gets A")
-    threads: int = Field(2, ge=1, description="torch CPU threads")
-    device: Literal["auto", "cuda", "mps", "cpu"] = Field(
-        "cpu", description="where every stage runs its models: auto (CUDA, else MPS, else CPU), cuda, mps or cpu")
-    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "fp32", description="parameter dtype of every loaded and trained model (auto: bf16 on a CUDA GPU that has "
-        "it, else fp32); losses and CKA stay float32")
+    threads: int = threads_field(note="; part of the stage keys, as results depend on it")
+    device: Device = device_field(note=", for every stage")
+    dtype: DType = dtype_field(note=", for every stage; the models also train in it")
     keep_checkpoints: bool = Field(False, description="keep each trained row's checkpoint (weights + optimizer "
                                    "state) once its model/ is written")
 

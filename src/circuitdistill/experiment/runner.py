@@ -85,7 +85,7 @@ def _finetune(base: str, items_train, items_val, d: Path, mode: str, task: str, 
               keep_checkpoints: bool = False, device: str = "cpu", dtype: str = "fp32") -> dict:
     cfg = FinetuneConfig(base=base, name=f"exp-{mode}", task=task, mode=mode, lr=lr, batch_size=batch_size,
                          max_steps=steps, eval_every=10 if mode == "teacher" else 5, eval_items=eval_items,
-                         target=target, seed=seed, threads=threads)
+                         target=target, seed=seed, threads=threads, device=device, dtype=dtype)
     model, tok = load_model(base, device=device, dtype=dtype)
     rec = finetune(cfg, items_train, items_val, d / "run", resume=True, model=model, tokenizer=tok, save=False,
                    progress=True)
@@ -131,8 +131,8 @@ def stage_discover(cfg: ExperimentConfig, teacher_path: str, data: dict, d: Path
     n_heads = HookedLM(_load(teacher_path, cfg)[0]).shape.n_total_heads
     top_n = max(1, round(cfg.circuit_share * n_heads))
     dcfg = DiscoverConfig(model=teacher_path, data=Path(data["validation"]), method=cfg.discovery_method,
-                          positions="final", metric="logprob", top_n=top_n, n_items=cfg.discovery_items,
-                          seed=cfg.data_seed, threads=cfg.threads, out=d)
+                          positions="final", metric="logprob", circuit_size=top_n, max_items=cfg.discovery_items,
+                          seed=cfg.data_seed, threads=cfg.threads, device=cfg.device, dtype=cfg.dtype, out=d)
     circuit, _ = run_discover(dcfg, progress=True)
     return {"circuit": str(d / "circuit.json"), "heatmap": str(d / "heatmap.png"), "n_heads": circuit.n_heads,
             "share": circuit.share, "method": cfg.discovery_method}
@@ -144,7 +144,7 @@ def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str,
                        metric=cfg.match_metric, per_position_means=cfg.per_position_means,
                        max_items=cfg.match_items, budget=cfg.head_budget, ablation_positions=cfg.match_positions,
                        assignment="hungarian" if cfg.one_to_one else "nearest", seed=cfg.data_seed,
-                       num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)
+                       threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)
     pairing = match(mcfg)
     return {"pairing": str(d / "pairing.json"), "n_pairs": len(pairing.pairs),
             "student_heads": [list(h) for h in pairing.student_heads],
@@ -153,21 +153,21 @@ def stage_match(cfg: ExperimentConfig, teacher: str, student: str, circuit: str,
 
 def stage_cache(cfg: ExperimentConfig, teacher: str, data: dict, d: Path) -> dict:
     train = build_cache(CacheConfig(teacher=teacher, data=data["train"], out=str(d / "train"), heads="all",
-                                    num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype))
+                                    threads=cfg.threads, device=cfg.device, dtype=cfg.dtype))
     return {"train": str(train)}
 
 
 def stage_cache_validation(cfg: ExperimentConfig, teacher: str, data: dict, d: Path) -> dict:
     """Every teacher head on the validation items: the held-out alignment of every trained row reads it."""
     return {"validation": str(build_cache(CacheConfig(teacher=teacher, data=data["validation"], out=str(d),
-                                                      heads="all", num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)))}
+                                                      heads="all", threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)))}
 
 
 def stage_cache_interchange(cfg: ExperimentConfig, teacher: str, data: dict, pairing: str, d: Path) -> dict:
     """The teacher's outputs with its paired heads patched from the corrupted prompts (circuit-iit's targets)."""
     return {"interchange": str(build_cache(CacheConfig(teacher=teacher, data=data["train"], out=str(d),
                                                        heads="paired", pairing=pairing, interchange_pairing=pairing,
-                                                       num_threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)))}
+                                                       threads=cfg.threads, device=cfg.device, dtype=cfg.dtype)))}
 
 
 def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, teacher: str, cache: dict,
@@ -180,7 +180,7 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
                          batch_size=cfg.batch_size, seed=seed, estimator=cfg.estimator,
                          interchange_cache=cache.get("interchange"), max_train_items=max_train_items,
                          eval_data=data["validation"], eval_teacher_cache=cache.get("validation"),
-                         eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items, num_threads=cfg.threads,
+                         eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items, threads=cfg.threads,
                          keep_checkpoints=cfg.keep_checkpoints, dtype=cfg.dtype)
     summary = train(dcfg, resume=True, progress=True)  # writes the student to d/model (a HF checkpoint)
     return {"model": str(d / "model"), "log": str(d / "log.jsonl"), "trainable": summary["trainable"],
@@ -280,7 +280,8 @@ def stage_side_effects(cfg: ExperimentConfig, model_path: str, d: Path) -> dict:
 
 def stage_alignment(cfg: ExperimentConfig, teacher_path: str, student_path: str, data: dict, d: Path) -> dict:
     ccfg = CompareConfig(teacher=teacher_path, student=student_path, data=data["validation"], out=d,
-                         n_items=cfg.compare_items, seed=cfg.data_seed, threads=cfg.threads, progress=False,
+                         max_items=cfg.compare_items, seed=cfg.data_seed, threads=cfg.threads, progress=False,
+                         device=cfg.device, dtype=cfg.dtype,
                          n_boot=200, prune=False)  # A needs influences and matching only; pruning ~doubles the cost
     res = run_compare(ccfg)
     return {"alignment_score": res["alignment_score"], "compare": str(d / "compare.json")}

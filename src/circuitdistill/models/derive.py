@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from ..utils import cache_home, provenance, sha256_json, versioned, write_json_atomic
 from . import registry
 from .general_text import load_passages, perplexity, split_passages
 from .heal import HealConfig, heal
+from .placement import Device, DType, device_field, dtype_field
 from .prune import angular_distances, check_drop, least_important_block, parse_layer_spec, prune_layers
 
 FORMAT_VERSION = 1
@@ -38,7 +39,11 @@ class DeriveConfig(BaseModel):
     heldout_passages: int = Field(48, ge=1, description="general-text passages held out for perplexity")
     importance_passages: int = Field(32, ge=1, description="healing passages the importance score reads")
     seed: int = Field(0, description="seed of the held-out split and of healing")
-    run_dir: str | None = Field(None, description="checkpoints; default $CIRCUITDISTILL_HOME/derive-runs/NAME")
+    out: str | None = Field(None, validation_alias=AliasChoices("out", "run_dir"), description="run directory "
+                            "(checkpoints, record.json); default $CIRCUITDISTILL_HOME/derive-runs/NAME. The model "
+                            "itself is saved under NAME in the registry")
+    device: Device = device_field()
+    dtype: DType = dtype_field(note=". The pruned student trains in it, as `distill` does")
     overwrite: bool = Field(False, description="replace an earlier derived model of the same name")
 
     @model_validator(mode="after")
@@ -100,7 +105,7 @@ def derive(cfg: DeriveConfig, texts: Sequence[str] | None = None, resume: bool =
     text_info.update(train_passages=len(train), heldout_passages=len(heldout),
                      train_sha256=sha256_json(train), heldout_sha256=sha256_json(heldout))
 
-    teacher, tok = registry.load_model(cfg.source)
+    teacher, tok = registry.load_model(cfg.source, device=cfg.device, dtype=cfg.dtype)
     for p in teacher.parameters():
         p.requires_grad_(False)
     explicit = plan_drop(cfg, n_layers)
@@ -113,7 +118,7 @@ def derive(cfg: DeriveConfig, texts: Sequence[str] | None = None, resume: bool =
     student = prune_layers(copy.deepcopy(teacher), drop)
     for p in student.parameters():
         p.requires_grad_(True)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else cache_home() / "derive-runs" / cfg.name
+    run_dir = Path(cfg.out) if cfg.out else cache_home() / "derive-runs" / cfg.name
     identity = {"source": cfg.source, "drop": drop, "text": text_info}
     if cfg.heal.steps > 0:
         healing = heal(student, teacher, tok, train, heldout, cfg.heal, cfg.seed, run_dir, teacher_ppl, identity,

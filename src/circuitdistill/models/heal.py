@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..utils import atomic_path, batch_indices, optimizer_step, sha256_json
 from .general_text import perplexity
+from .placement import threads_field
 
 CHECKPOINT = "checkpoint.pt"
 # settings that do not change the weights' trajectory: a resumed run may differ in them
@@ -55,7 +56,7 @@ class HealConfig(BaseModel):
     checkpoint_every: int = Field(25, ge=1, description="steps between checkpoints")
     max_minutes: float | None = Field(None, gt=0, description="stop healing after this many minutes (wall) in this "
                                       "run")
-    threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+    threads: int = threads_field()
 
     @field_validator("loss_positions", "ppl_target_ratio", mode="before")
     @classmethod
@@ -84,6 +85,7 @@ def loss_positions(seq_len: int, n: int | None, step: int) -> torch.Tensor | Non
 
 
 def heal_loss(student, teacher, ids: torch.Tensor, cfg: HealConfig, step: int = 0) -> tuple[torch.Tensor, dict]:
+    ids = ids.to(next(student.parameters()).device)
     pos = loss_positions(ids.shape[1], cfg.loss_positions, step)
     keep = pos if pos is not None else 0  # logits_to_keep=0 keeps every position
     with torch.no_grad():
@@ -120,7 +122,7 @@ def heal(student, teacher, tokenizer, train_texts: Sequence[str], heldout_texts:
         ck = torch.load(ckpt, map_location="cpu", weights_only=False)
         if ck["config_hash"] != cfg_hash:
             raise ValueError(f"{ckpt} was written by a different derivation or healing config; use another "
-                             f"--run-dir or --no-resume")
+                             f"--out or --no-resume")
         student.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         state = ck["state"]

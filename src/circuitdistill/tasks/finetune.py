@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from ..models import registry
+from ..models.placement import Device, DType, device_field, dtype_field, threads_field
 from ..utils import (UserError, batch_indices, make_temp_dir, optimizer_step, provenance,  # noqa: F401
                      set_open_modes_below, sha256_file, sha256_json, versioned, write_json_atomic)
 from .batching import encode_items
@@ -49,9 +50,15 @@ class FinetuneConfig(BaseModel):
     checkpoint_every: int = Field(25, ge=1, description="optimizer steps between checkpoints")
     seed: int = Field(0, description="seed of the batch order (and of the data the teacher/warmup commands "
                       "generate)")
-    threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+    threads: int = threads_field()
+    device: Device = device_field()
+    dtype: DType = dtype_field(note=". The model trains in it, as `distill` does")
     keep_checkpoints: bool = Field(False, description="keep the run dir's checkpoint/ (weights + optimizer state) "
                                    "once the model is saved")
+
+
+# may change on resume; an fp32 run keeps the hash it had before dtype was a field
+_NOT_HASHED = {"max_steps", "target", "threads", "keep_checkpoints", "device"}
 
 
 def final_position_loss(model, batch: dict) -> torch.Tensor:
@@ -111,7 +118,7 @@ def load_checkpoint(run_dir: Path, model, opt, config_hash: str) -> dict | None:
         return None
     if not (current / MANIFEST).exists():
         raise UserError(f"checkpoint {current} has no manifest: an older version wrote it one file at a time and "
-                        f"it may be torn; delete that directory to start over (or use another --run-dir)")
+                        f"it may be torn; delete that directory to start over (or use another --out)")
     manifest = json.loads((current / MANIFEST).read_text())
     for name in CHECKPOINT_FILES:
         if not (current / name).exists() or sha256_file(current / name) != manifest.get(name):
@@ -120,7 +127,7 @@ def load_checkpoint(run_dir: Path, model, opt, config_hash: str) -> dict | None:
     state = json.loads((current / "state.json").read_text())
     if state.get("config_hash") != config_hash:
         raise UserError(f"checkpoint in {current} was made with a different config or data; "
-                        f"use another --run-dir or delete that checkpoint (or pass --no-resume --overwrite)")
+                        f"use another --out or delete that checkpoint (or pass --no-resume --overwrite)")
     load_model(model, str(current / "model.safetensors"), strict=True)
     opt.load_state_dict(torch.load(current / "optimizer.pt", weights_only=False))
     return state
@@ -141,11 +148,11 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if model is None:
-        model, tokenizer = registry.load_model(cfg.base)
+        model, tokenizer = registry.load_model(cfg.base, device=cfg.device, dtype=cfg.dtype)
     train_items, val_items = list(train_items), list(val_items)[: cfg.eval_items]
     data_hash = sha256_json([[it.prompt, it.answer] for it in train_items] + [[it.prompt, it.answer] for it in val_items])
-    config_hash = sha256_json({"config": cfg.model_dump(mode="json", exclude={"max_steps", "target", "threads",
-                                                                         "keep_checkpoints"}),
+    config_hash = sha256_json({"config": cfg.model_dump(mode="json", exclude=_NOT_HASHED | (
+                                   {"dtype"} if cfg.dtype == "fp32" else set())),
                                "data": data_hash})
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = load_checkpoint(run_dir, model, opt, config_hash) if resume else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from .finetune import FinetuneConfig
 from .warmup import WARMUP_BOXES, WARMUP_LR
@@ -17,7 +17,8 @@ class _FinetuneRun(FinetuneConfig):
     boxes: int = Field(7, description="entity tracking: boxes per prompt of the real task")
     validation: Optional[Path] = Field(None, description="real-task validation JSONL (default: generated with "
                                        "held-out vocabulary, saved in the run dir)")
-    run_dir: Optional[Path] = Field(None, description="checkpoints + record (default runs/tasks/NAME)")
+    out: Optional[Path] = Field(None, validation_alias=AliasChoices("out", "run_dir"), description="run directory: "
+                                "checkpoints + record (default runs/tasks/NAME)")
     save_to: Optional[Path] = Field(None, description="save the model into this directory instead of under the "
                                     "name in the model cache")
 

@@ -36,12 +36,13 @@ def answer_nll(model, tok, prompts: Sequence[str], answers: Sequence[str], batch
             ids[i, :len(q)] = torch.tensor(q)
             lab[i, :len(l)] = torch.tensor(l)
             mask[i, :len(q)] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        tgt = lab[:, 1:]
+        device = next(model.parameters()).device
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1].float()
+        tgt = lab[:, 1:].to(device)
         lp = torch.log_softmax(logits, -1)
         valid = tgt != -100
         tok_nll = -lp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * valid
-        out[s:s + len(ans)] = (tok_nll.sum(1) / valid.sum(1).clamp(min=1)).numpy()
+        out[s:s + len(ans)] = (tok_nll.sum(1) / valid.sum(1).clamp(min=1)).cpu().numpy()
     return out
 
 

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models import registry
 from ..models.arch import get_module, table_for
+from ..models.placement import Device, DType, device_field, dtype_field, threads_field
 from ..utils import provenance, seed_everything, sha256_json, versioned, write_json_atomic, write_text_atomic
 from .io import append_jsonl, compact_jsonl, read_done, read_jsonl
 from .report import experiment_report
@@ -73,8 +74,11 @@ class TraceExperimentConfig(BaseModel):
     student: StudentConfig = Field(default_factory=StudentConfig)
     tagger: str = Field("spacy", description="PoS tagger of the tracer: spacy or hanta")
     seed: int = Field(0, description="seeds sampling, student training and the tracer")
-    out_dir: Path = Field(Path("runs/trace/experiment"), description="output directory (report.md, stages)")
-    threads: int = Field(2, ge=1, description="torch CPU threads")
+    out: Path = Field(Path("runs/trace/experiment"), validation_alias=AliasChoices("out", "out_dir"),
+                      description="output directory (report.md, stages)")
+    threads: int = threads_field()
+    device: Device = device_field()
+    dtype: DType = dtype_field(note=". The students train in it, as `distill` does")
     stages: list[Literal["teachers", "students", "student_gen", "trace"]] = Field(
         default_factory=lambda: ["teachers", "students", "student_gen", "trace"],
         description="comma-separated stages to run")
@@ -123,7 +127,7 @@ def generate_answers(model, tok, rows: list[dict], out_path: Path, dec: Decoding
     for start in range(0, len(todo), dec.batch_size):
         batch = todo[start:start + dec.batch_size]
         prompts = [chat_prompt(tok, r["instruction"], system) for r in batch]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         # seed per batch from its first id, so a resumed run samples what the uninterrupted one would have
         torch.manual_seed(int(sha256_json([seed, batch[0]["id"]])[:8], 16))
         t0 = time.time()
@@ -135,7 +139,7 @@ def generate_answers(model, tok, rows: list[dict], out_path: Path, dec: Decoding
         new = out[:, enc["input_ids"].shape[1]:]
         recs = []
         for r, ids in zip(batch, new):
-            n_tok = int((~torch.isin(ids, torch.tensor(eos_ids + [tok.pad_token_id]))).sum())
+            n_tok = int((~torch.isin(ids, torch.tensor(eos_ids + [tok.pad_token_id], device=ids.device))).sum())
             text = tok.decode(ids, skip_special_tokens=True)
             if not getattr(tok, "chat_template", None):
                 # plain-format prompt (a base model without a chat template): cut where it starts a new turn
@@ -194,11 +198,12 @@ def _trainable(model, train_layers: int) -> list[torch.nn.Parameter]:
 def train_student(teacher: str, data: list[dict], cfg: TraceExperimentConfig, ckpt_dir: Path) -> tuple[str, dict]:
     """Fine-tune ``cfg.student.base`` on one teacher's answers; resume from ``ckpt_dir``; return (name, info)."""
     sc = cfg.student
-    name = f"trace-student-{safe_name(teacher)}-{sha256_json([teacher, sc.model_dump(), cfg.seed, cfg.n_train, sorted(r['id'] for r in data)])[:8]}"
+    dtype = [] if cfg.dtype == "fp32" else [cfg.dtype]  # fp32 students keep their earlier names
+    name = f"trace-student-{safe_name(teacher)}-{sha256_json([teacher, sc.model_dump(), cfg.seed, cfg.n_train, sorted(r['id'] for r in data), *dtype])[:8]}"
     if registry.is_prepared(name) or (registry.cached_dir(name) / "config.json").exists():
         meta = json.loads((registry.cached_dir(name) / "circuitdistill.json").read_text())
         return name, meta.get("train", {})
-    model, tok = registry.load_model(sc.base)
+    model, tok = registry.load_model(sc.base, device=cfg.device, dtype=cfg.dtype)
     model.train()
     params = _trainable(model, sc.train_layers)
     opt = torch.optim.AdamW(params, lr=sc.lr, weight_decay=0.0)
@@ -233,7 +238,7 @@ def train_student(teacher: str, data: list[dict], cfg: TraceExperimentConfig, ck
     bar = tqdm(total=total, initial=step, desc=f"train student<-{teacher}", unit="step")
     while step < total:
         idx = order[step * sc.batch_size:(step + 1) * sc.batch_size]
-        batch = _collate([pairs[i] for i in idx], tok.pad_token_id)
+        batch = {k: v.to(model.device) for k, v in _collate([pairs[i] for i in idx], tok.pad_token_id).items()}
         loss = model(**batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -282,7 +287,7 @@ def available_teachers(specs: list[str]) -> tuple[list[str], dict[str, str]]:
 def run_trace_experiment(cfg: TraceExperimentConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    out = cfg.out_dir
+    out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     timings_f = out / "timings.json"
     timings: dict = json.loads(timings_f.read_text()) if timings_f.exists() else {}
@@ -310,7 +315,7 @@ def run_trace_experiment(cfg: TraceExperimentConfig) -> dict:
                 teacher_texts[t] = [done[r["id"]] for r in train_rows if r["id"] in done]
                 continue
             t0 = time.time()
-            model, tok, system = load_teacher(t)
+            model, tok, system = load_teacher(t, cfg.device, cfg.dtype)
             teacher_texts[t] = generate_answers(model, tok, train_rows, path, cfg.decoding, cfg.seed, system=system,
                                                 source=t, desc=f"teacher {t}")
             del model
@@ -336,7 +341,7 @@ def run_trace_experiment(cfg: TraceExperimentConfig) -> dict:
                 done = read_done(path)
                 student_texts[t] = [done[r["id"]] for r in test_rows]
                 continue
-            model, tok = registry.load_model(students[t])
+            model, tok = registry.load_model(students[t], device=cfg.device, dtype=cfg.dtype)
             student_texts[t] = generate_answers(model, tok, test_rows, path, cfg.decoding, cfg.seed + 1,
                                                 source=t, desc=f"student<-{t}")
             del model

@@ -134,7 +134,8 @@ def experiment_report(cfg, teachers: list[str], teacher_texts: dict[str, list[di
     S = similarity_scores(tr_texts, tr_labels, te_texts, teachers)
     methods["similarity"] = {"pred": [teachers[i] for i in S.argmax(1)], "seconds": round(time.time() - t0, 1)}
     t0 = time.time()
-    PPL = perplexity_scores(te_instr, te_texts, teachers, load_teacher, chat_prompt)
+    PPL = perplexity_scores(te_instr, te_texts, teachers, lambda t: load_teacher(t, cfg.device, cfg.dtype),
+                            chat_prompt)
     methods["perplexity"] = {"pred": [teachers[i] for i in PPL.argmin(1)], "seconds": round(time.time() - t0, 1),
                              "mean_ppl": {f"student<-{t}": {u: round(float(PPL[np.array(te_labels) == t, j].mean()), 2)
                                                              for j, u in enumerate(teachers)} for t in teachers}}

@@ -32,8 +32,8 @@ def chat_prompt(tok, instruction: str, system: str | None = None) -> str:
     return bos + (system + "\n\n" if system else "") + f"Instruction: {instruction}\nAnswer:"
 
 
-def load_teacher(spec: str):
+def load_teacher(spec: str, device: str = "cpu", dtype: str = "fp32"):
     """(model, tokenizer, system prompt or None) of a teacher spec."""
     model_name, persona = split_teacher(spec)
-    model, tok = registry.load_model(model_name)
+    model, tok = registry.load_model(model_name, device=device, dtype=dtype)
     return model, tok, (PERSONAS[persona] if persona else None)

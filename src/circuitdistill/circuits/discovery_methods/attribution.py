@@ -20,8 +20,8 @@ class AttributionPatching(DiscoveryMethod):
     def check(self, cfg) -> None:
         if cfg.ig_steps and (cfg.qk_fix or cfg.grad_drop):
             raise ValueError("--ig-steps and the AtP* fixes (--qk-fix, --grad-drop) are alternatives; pick one")
-        if cfg.verify is not None and cfg.top_n is not None and cfg.top_n > cfg.verify:
-            raise ValueError(f"--top-n {cfg.top_n} is more than the {cfg.verify} heads --verify re-scores")
+        if cfg.verify is not None and cfg.circuit_size is not None and cfg.circuit_size > cfg.verify:
+            raise ValueError(f"--circuit-size {cfg.circuit_size} is more than the {cfg.verify} heads --verify re-scores")
 
     def run(self, hooked, items, cfg, ablation, progress) -> HeadScores:
         est = attribution_patching(hooked, items, cfg.metric, replacement=ablation, positions=cfg.positions,
