@@ -82,7 +82,8 @@ def test_earlier_config_files_with_the_old_field_names_still_load(command, old, 
 def test_distill_reads_num_threads_from_an_earlier_run_config():
     from circuitdistill.distill.config import DistillConfig
 
-    cfg = DistillConfig.model_validate({"student": "s", "teacher": "t", "data": "d", "num_threads": 3})
+    cfg = DistillConfig.model_validate({"student": "s", "teacher": "t", "data": "d", "method": "full-kd",
+                                          "num_threads": 3})
     assert cfg.threads == 3
 
 
