@@ -8,8 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .methods import HEAD_ONLY, METHOD_NAMES, METHODS
+from .losses.terms import TERMS
+from .methods import HEAD_ONLY, METHOD_NAMES, METHODS, term_names
 
+HOOKED_TERMS = {n for n, t in TERMS.items() if t.needs}  # terms that read or patch heads through hooks
 METHODS_HELP = " | ".join(f"{m.name}: {m.description}" for m in METHODS.values())
 
 
@@ -97,6 +99,8 @@ class DistillConfig(_Base):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads per process (None: torch default)")
     dtype: DType = Field("fp32", description=DTYPE_HELP + ". The device is accelerate's (run under `accelerate "
                          "launch` to choose GPUs)")
+    gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in the backward "
+                                         "pass (less memory, ~1/3 more compute); full-model methods only")
 
     @model_validator(mode="after")
     def _check(self):
@@ -108,6 +112,10 @@ class DistillConfig(_Base):
         if self.method in HEAD_ONLY and self.pairing is None:
             raise ValueError(f"method {self.method} trains matched heads only and needs `pairing` (pairing.json "
                              "from `circuitdistill match`)")
+        if self.gradient_checkpointing and (self.method in HEAD_ONLY or HOOKED_TERMS & set(term_names(self.method))):
+            raise ValueError(f"gradient_checkpointing is for methods that train the full model without head hooks "
+                             f"(e.g. full-kd, logit-kd); {self.method} records or patches heads through hooks, which "
+                             "the recomputation would run twice")
         return self
 
 
