@@ -6,7 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from circuitdistill.cli.main import app
 from circuitdistill.experiment.config import preset
 from circuitdistill.experiment.runner import run_experiment
 from circuitdistill.experiment.user_task import data_key
@@ -40,7 +42,7 @@ def _cfg(world, out, files=None, **kw):
     files = files or world["files"]
     return preset("tiny", out=str(out), teacher=world["teacher"], student=world["student"],
                   train_file=files["train"], validation_file=files["validation"], test_file=files["test"],
-                  methods=["full-kd", "circuit"], **kw)
+                  methods=["full-kd", "circuit"], analyze_methods=[], n_random_sets=0, **kw)
 
 
 def test_an_edited_file_changes_the_data_key(world, tmp_path):
@@ -57,6 +59,18 @@ def test_files_come_as_three_with_an_existing_teacher_and_student(world, tmp_pat
     with pytest.raises(ValueError, match="existing `teacher` and `student`.*only for a built-in task"):
         preset("tiny", student=world["student"], train_file=f["train"], validation_file=f["validation"],
                test_file=f["test"])
+
+
+def test_the_command_takes_the_files(world):
+    f = world["files"]
+    args = ["experiment", "--preset", "tiny", "--train-file", f["train"], "--validation-file", f["validation"],
+            "--test-file", f["test"], "--teacher", world["teacher"], "--print-config"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "existing `teacher` and `student`" in r.output
+    r = CliRunner().invoke(app, args + ["--student", world["student"]])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.stdout)
+    assert (cfg["train_file"], cfg["validation_file"], cfg["test_file"]) == (f["train"], f["validation"], f["test"])
 
 
 def _broken(world, tmp_path, split: str, text: str) -> dict:
@@ -104,7 +118,8 @@ def test_the_tiny_experiment_runs_on_the_users_files(world, tmp_path, monkeypatc
     for method in ("full-kd", "circuit"):  # each row trained on exactly the user's training items
         (run_config,) = (out / "stages").glob(f"train-given-{method}-s0-*/run_config.json")
         trained_on = load_items(json.loads(run_config.read_text())["config"]["data"])
-        assert trained_on == world["splits"]["train"]
+        assert [(it.prompt, it.answer) for it in trained_on] == \
+            [(it.prompt, it.answer) for it in world["splits"]["train"]]
     report = (out / "report.md").read_text()
     assert "task from files" in report
     for s, path in world["files"].items():
