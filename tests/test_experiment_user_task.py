@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,30 +13,27 @@ from circuitdistill.cli.main import app
 from circuitdistill.experiment.config import preset
 from circuitdistill.experiment.runner import run_experiment
 from circuitdistill.experiment.user_task import data_key
-from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
+from circuitdistill.models.tiny import gpt2_tokenizer
 from circuitdistill.tasks.io import TaskFileError, load_items, save_items
 from circuitdistill.tasks.registry import get_task
 from circuitdistill.utils import MissingFile, UserError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_experiment_tiny import tiny_pair  # noqa: E402,F401  (the tiny llama teacher + qwen2 student fixture)
 
 SIZES = {"train": 40, "validation": 24, "test": 20}  # not the tiny preset's n_train / n_validation / n_test
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("user-task")
-    tok = gpt2_tokenizer()
-    models = {}
-    for name, family, seed in (("teacher", "llama", 0), ("student", "qwen2", 1)):
-        tiny_model(family, seed=seed).save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        models[name] = str(root / name)
+def world(tmp_path_factory, tiny_pair):
+    root, tok = tmp_path_factory.mktemp("user-task"), gpt2_tokenizer()
     splits = get_task("entity-tracking").real_splits(SIZES["train"], SIZES["validation"], SIZES["test"], 5, [tok],
                                                      size=3)
     # one test item whose answer is two tokens: dropped, and counted
     long = splits["test"][0].model_copy(update={"answer": " antidisestablishmentarianism", "candidates": None})
     files = {s: str(save_items(root / f"my_{s}.jsonl", items + ([long] if s == "test" else [])))
              for s, items in splits.items()}
-    return {"root": root, "files": files, "splits": splits, **models}
+    return {"root": root, "files": files, "splits": splits, **tiny_pair}
 
 
 def _cfg(world, out, files=None, **kw):
