@@ -56,6 +56,8 @@ clock = CLOCK["wall"]
 def timed(fn: Callable):
     t0 = clock()
     out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # a GPU's queued kernels belong to this timing
     return out, clock() - t0
 
 
@@ -85,6 +87,8 @@ def main() -> None:
     ap.add_argument("--verify-with", default="star", choices=list(VARIANTS))
     ap.add_argument("--faithfulness-positions", default="final", choices=["final", "all"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["auto", "cuda", "mps", "cpu"])
+    ap.add_argument("--dtype", default="fp32", choices=["auto", "bf16", "fp16", "fp32"])
     ap.add_argument("--clock", default="wall", choices=list(CLOCK),
                     help="cpu: this process's CPU seconds (all threads), for a machine shared with other jobs")
     ap.add_argument("--json", default=None, help="also write the numbers here")
@@ -96,7 +100,7 @@ def main() -> None:
     if args.verify and args.verify_with not in variants:
         variants.append(args.verify_with)
 
-    model, tok = registry.load_model(args.model)
+    model, tok = registry.load_model(args.model, device=args.device, dtype=args.dtype)
     hk = HookedLM(model, tok)
     if args.data == "toy":
         pool = box_items(tok, args.max_items + args.heldout, 3)
@@ -109,7 +113,7 @@ def main() -> None:
     n_total = len(heads)
     print(f"model {args.model}: {hk.shape.n_layers} layers x {hk.shape.n_heads} heads = {n_total}; "
           f"{len(items)} items from {args.data}; positions={args.positions}; threads={args.threads}; "
-          f"{args.clock} seconds")
+          f"{args.clock} seconds; {model.device} {model.dtype}")
 
     exact, t_batched = timed(lambda: head_sweep(hk, items, "logprob", "corrupted", batch_size=args.batch_size,
                                                 positions=args.positions, rows_per_pass=args.rows_per_pass,

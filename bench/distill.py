@@ -55,9 +55,10 @@ def child(spec: dict) -> None:
                                   "wall_s": time.time() - t0, "trainable": s["trainable"]["trainable_params"]}))
 
 
-def run_child(spec: dict) -> dict:
+def run_child(spec: dict, device: str = "auto") -> dict:
+    env = {**os.environ, **({"ACCELERATE_USE_CPU": "true"} if device == "cpu" else {})}
     p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], cwd=ROOT, capture_output=True,
-                       text=True)
+                       text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"child run failed:\n{p.stderr[-3000:]}")
     line = next(l for l in p.stdout.splitlines() if l.startswith("RESULT "))
@@ -96,6 +97,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per run (1 keeps CPU-time measurements free of OpenMP spin-waiting)")
     ap.add_argument("--out", default=str(ROOT / "runs/distill/bench"))
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"],
+                    help="auto: accelerate's choice (a GPU when there is one) for training, CUDA-else-CPU for the cache")
+    ap.add_argument("--dtype", default="fp32", choices=["auto", "bf16", "fp16", "fp32"])
     a = ap.parse_args()
     if a.child:
         child(json.loads(a.child))
@@ -118,11 +122,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     t0 = time.time()
     cache = build_cache(CacheConfig(teacher=teacher, data=a.data, out=str(out / "cache"), heads="paired",
-                                    pairing=str(pairing), max_items=n_items, batch_size=16), progress=False)
+                                    pairing=str(pairing), max_items=n_items, batch_size=16, device=a.device,
+                                    dtype=a.dtype), progress=False)
     cache_s = time.time() - t0
 
     base = dict(student=student, data=a.data, pairing=str(pairing), steps=a.steps, batch_size=a.batch_size,
-                max_train_items=n_items, checkpoint_every=10_000, threads=a.threads)
+                max_train_items=n_items, checkpoint_every=10_000, threads=a.threads, dtype=a.dtype)
     runs = {
         "full-kd (live teacher)": dict(base, method="full-kd", teacher=teacher, pairing=None),
         "circuit (cache)": dict(base, method="circuit", teacher_cache=str(cache)),
@@ -134,7 +139,7 @@ def main() -> None:
         import shutil
 
         shutil.rmtree(spec["out"], ignore_errors=True)
-        res[name] = run_child(spec)
+        res[name] = run_child(spec, a.device)
         st = res[name]["step_times"][a.warmup:] or res[name]["step_times"]
         res[name]["step_s"] = sum(st) / len(st)
         sc = res[name]["step_cpu"][a.warmup:] or res[name]["step_cpu"]
@@ -149,7 +154,7 @@ def main() -> None:
     load = os.getloadavg()
     print(f"teacher {teacher}  student {student}  pairs {n_pairs}  batch {a.batch_size}  steps {a.steps} "
           f"(mean over steps {a.warmup + 1}..{a.steps})  threads {a.threads}  cache build {cache_s:.1f}s for "
-          f"{n_items} items")
+          f"{n_items} items; device {a.device}, dtype {a.dtype}")
     print(f"load average at the end: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} cores "
           "(wall times on a shared machine are noisy; CPU seconds of the training process are not)")
     print(f"{'run':<26}{'wall s/step':>12}{'CPU s/step':>12}{'(min)':>8}{'peak RSS MB':>14}{'trainable':>14}")

@@ -64,6 +64,10 @@ def experiment_cmd(
     out: Optional[str] = typer.Option(None, help="output directory (default runs/PRESET-TASK)"),
     teacher: Optional[str] = typer.Option(None, help="an existing teacher model (skips fine-tuning)"),
     student: Optional[str] = typer.Option(None, help="an existing student model (skips the warm-up)"),
+    train_file: Optional[str] = typer.Option(None, help="a task of your own: training JSONL (with --validation-file, "
+                                             "--test-file, --teacher and --student; replaces --task)"),
+    validation_file: Optional[str] = typer.Option(None, help="a task of your own: validation JSONL"),
+    test_file: Optional[str] = typer.Option(None, help="a task of your own: test JSONL"),
     teacher_base: Optional[str] = typer.Option(None, help="model the teacher is fine-tuned from"),
     student_base: Optional[str] = typer.Option(None, help="model the students start from"),
     steps: Optional[int] = typer.Option(None, help="override: optimizer steps per method"),
@@ -87,7 +91,8 @@ def experiment_cmd(
     Every stage is cached by content hash under OUT/stages: re-running skips finished stages and a
     killed run continues from its last checkpoint.
     """
-    named = dict(task=task, out=out, teacher=teacher, student=student, teacher_base=teacher_base,
+    named = dict(task=task, out=out, teacher=teacher, student=student, train_file=train_file,
+                 validation_file=validation_file, test_file=test_file, teacher_base=teacher_base,
                  student_base=student_base, steps=steps, lam=lam, lr=lr, head_lr=head_lr, estimator=estimator,
                  n_test=n_test, threads=threads, device=device, dtype=dtype, seeds=comma_separated(seeds), methods=comma_separated(methods))
     cfg = resolve(ExperimentConfig, lambda d: make_preset(preset, d.get("task", "entity-tracking"), d.get("out")),

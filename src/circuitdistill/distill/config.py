@@ -10,8 +10,10 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from ..models.placement import Device, DType, device_field, dtype_field, threads_field
 
-from .methods import HEAD_ONLY, METHOD_NAMES, METHODS
+from .losses.terms import TERMS
+from .methods import HEAD_ONLY, METHOD_NAMES, METHODS, term_names
 
+HOOKED_TERMS = {n for n, t in TERMS.items() if t.needs}  # terms that read or patch heads through hooks
 METHODS_HELP = " | ".join(f"{m.name}: {m.description}" for m in METHODS.values())
 
 
@@ -91,6 +93,8 @@ class DistillConfig(_Base):
                                 "(load_model accepts it afterwards)")
     threads: int = threads_field("num_threads", note=", per process")
     dtype: DType = dtype_field(note=". The device is accelerate's (run under `accelerate launch` to choose GPUs)")
+    gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in the backward "
+                                         "pass (less memory, ~1/3 more compute); full-model methods only")
 
     @model_validator(mode="after")
     def _check(self):
@@ -102,6 +106,10 @@ class DistillConfig(_Base):
         if self.method in HEAD_ONLY and self.pairing is None:
             raise ValueError(f"method {self.method} trains matched heads only and needs `pairing` (pairing.json "
                              "from `circuitdistill match`)")
+        if self.gradient_checkpointing and (self.method in HEAD_ONLY or HOOKED_TERMS & set(term_names(self.method))):
+            raise ValueError(f"gradient_checkpointing is for methods that train the full model without head hooks "
+                             f"(e.g. full-kd, logit-kd); {self.method} records or patches heads through hooks, which "
+                             "the recomputation would run twice")
         return self
 
 

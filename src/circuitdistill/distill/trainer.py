@@ -32,6 +32,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..circuits.interchange import interchange_logits
+from ..models.grad_checkpoint import enable_gradient_checkpointing
 from ..models.hooks import HookedLM, hook_name
 from ..models.registry import load_model, save_derived, save_model_dir
 from ..preflight import input_fingerprints
@@ -242,6 +243,8 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
             p.requires_grad_(True)
         params = [p for p in student.parameters()]
         report = full_model_report(student)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(student)
     pair_keys = [_pair_key(s, t) for s, t in pairs]
     s_layers = sorted({s[0] for s, _ in pairs})
     t_pairs_heads = [t for _, t in pairs]

@@ -43,6 +43,14 @@ class ExperimentConfig(BaseModel):
     n_validation: int = Field(300, ge=16, description="validation items: matching, stopping, curves")
     n_test: int = Field(1000, ge=16, description="held-out test items: the table and McNemar tests")
     data_seed: int = Field(0, description="seed of the data generator")
+    train_file: str | None = Field(None, description="a task of your own instead of `task`: training items (JSONL, "
+                                   "the task-item format); give train_file, validation_file and test_file together, "
+                                   "with an existing `teacher` and `student`. Every item of the files is used "
+                                   "(n_train, n_validation, n_test, boxes and data_seed are the built-in tasks')")
+    validation_file: str | None = Field(None, description="a task of your own: validation items (JSONL; discovery, "
+                                        "matching, curves); need corrupted_prompt")
+    test_file: str | None = Field(None, description="a task of your own: held-out test items (JSONL; the table); "
+                                  "need corrupted_prompt")
     # ---- discovery and matching ----
     discovery_method: MethodName = Field("activation", description="a registered discovery method "
                                   "(circuits/method_registry.py): activation | attribution | path")
@@ -93,6 +101,9 @@ class ExperimentConfig(BaseModel):
     threads: int = threads_field(note="; part of the stage keys, as results depend on it")
     device: Device = device_field(note=", for every stage")
     dtype: DType = dtype_field(note=", for every stage; the models also train in it")
+    gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in the backward "
+                                         "pass of the rows that train the full model (full-kd, logit-kd): less "
+                                         "memory, ~1/3 more compute; head-only rows never use it")
     keep_checkpoints: bool = Field(False, description="keep each trained row's checkpoint (weights + optimizer "
                                    "state) once its model/ is written")
 
@@ -101,6 +112,13 @@ class ExperimentConfig(BaseModel):
         bad = [m for m in self.methods + (self.analyze_methods or []) if m not in METHOD_NAMES]
         if bad:
             raise ValueError(f"unknown methods {bad}; choose from {', '.join(METHOD_NAMES)}")
+        files = [self.train_file, self.validation_file, self.test_file]
+        if any(files) and not all(files):
+            raise ValueError("a task from files needs all three of train_file, validation_file and test_file")
+        if all(files) and not (self.teacher and self.student):
+            raise ValueError("a task from files needs an existing `teacher` and `student`: the experiment fine-tunes "
+                             "a teacher and warms up a student only for a built-in task. Fine-tune one first, e.g. "
+                             "`circuitdistill teacher --train FILE --validation FILE`")
         return self
 
 

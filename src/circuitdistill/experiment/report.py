@@ -68,11 +68,16 @@ def table_rows(results: dict, variant: str) -> list[dict]:
 def write_report(results: dict, out: Path) -> Path:
     out = Path(out)
     cfg = results["config"]
-    lines = [f"# circuitdistill experiment: {cfg['task']} ({cfg['preset']} preset)", "",
+    task = "task from files" if results.get("data_files") else cfg["task"]
+    lines = [f"# circuitdistill experiment: {task} ({cfg['preset']} preset)", "",
              f"Teacher `{results['teacher']['model']}`; seeds {cfg['seeds']}; {cfg['steps']} steps, batch "
              f"{cfg['batch_size']}, lr {cfg['lr']} (head-only lr {cfg['head_lr'] or cfg['lr']}), λ={cfg['lam']}, "
              f"{cfg['estimator']} CKA; test items: {results['teacher']['eval']['n']}. Wall time "
              f"{results['wall_seconds'] / 60:.1f} min.", ""]
+    for split, f in (results.get("data_files") or {}).items():
+        lines += [f"- {split}: `{f['path']}` (sha256 `{f['sha256'][:16]}…`): {f['n_used']} of {f['n_items']} items "
+                  f"used ({f['n_dropped_multi_token']} dropped: not single tokens for both tokenizers)"]
+    lines += [""] if results.get("data_files") else []
     disc = results["teacher"]["circuit"]
     lines += [f"Teacher circuit: {disc['n_heads']} heads ({disc['share']:.1%} of all heads), found by "
               f"{disc.get('method', 'activation')} patching at the final position on validation items. "

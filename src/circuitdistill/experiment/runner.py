@@ -38,6 +38,7 @@ from .report import write_report
 from .side_effects import load_general_text, perplexity
 from .stages import StageRunner
 from .stats import mcnemar
+from .user_task import data_key, read_user_files, user_files, write_user_splits
 
 MEAN_REFERENCE_ITEMS = 64  # validation items whose head outputs give the ablation means of every circuit-only run
 
@@ -69,9 +70,11 @@ def stage_models(cfg: ExperimentConfig) -> dict:
     return out
 
 
-def stage_data(cfg: ExperimentConfig, models: dict, d: Path) -> dict:
+def stage_data(cfg: ExperimentConfig, models: dict, d: Path, log=print) -> dict:
     toks = [_tokenizer(models["teacher"] if "teacher" in models else models["teacher_base"]),
             _tokenizer(models["student"] if "student" in models else models["student_base"])]
+    if user_files(cfg):
+        return write_user_splits(cfg, toks, d, log)
     splits = get_task(cfg.task).real_splits(cfg.n_train, cfg.n_validation, cfg.n_test, cfg.data_seed, toks,
                                             size=cfg.boxes)
     paths = {}
@@ -181,7 +184,8 @@ def stage_train(cfg: ExperimentConfig, method: str, seed: int, student: str, tea
                          interchange_cache=cache.get("interchange"), max_train_items=max_train_items,
                          eval_data=data["validation"], eval_teacher_cache=cache.get("validation"),
                          eval_interval=cfg.eval_interval, eval_max_items=cfg.eval_items, threads=cfg.threads,
-                         keep_checkpoints=cfg.keep_checkpoints, dtype=cfg.dtype)
+                         keep_checkpoints=cfg.keep_checkpoints, dtype=cfg.dtype,
+                         gradient_checkpointing=cfg.gradient_checkpointing and not head_only)
     summary = train(dcfg, resume=True, progress=True)  # writes the student to d/model (a HF checkpoint)
     return {"model": str(d / "model"), "log": str(d / "log.jsonl"), "trainable": summary["trainable"],
             "mean_step_time_s": summary["mean_step_time_s"],
@@ -319,6 +323,8 @@ def models_key(cfg: ExperimentConfig) -> dict:
 def prepare_stages(cfg: ExperimentConfig, R: StageRunner, log=print) -> dict:
     """Every stage before training: models, data, teacher, circuit, teacher caches, students and pairings."""
     pick = lambda *keys: _pick(cfg, *keys)  # noqa: E731
+    if user_files(cfg):
+        read_user_files(cfg)  # a missing file or a bad line fails here, before any model is touched
     # the models' content joins the key: every later stage depends on this one, so changed weights rerun them all;
     # built-ins are prepared first so the key sees their converted weights, not their absence
     for ref in (cfg.teacher_base, cfg.student_base, cfg.teacher, cfg.student):
@@ -326,8 +332,9 @@ def prepare_stages(cfg: ExperimentConfig, R: StageRunner, log=print) -> dict:
             prepare(ref)
     models = R.run("models", models_key(cfg), lambda d: stage_models(cfg),
                    content=pick("teacher_base", "student_base", "teacher", "student")).outputs
-    data = R.run("data", pick("task", "boxes", "n_train", "n_validation", "n_test", "data_seed"),
-                 lambda d: stage_data(cfg, models, d), deps=("models",)).outputs
+    data = R.run("data", data_key(cfg) if user_files(cfg) else pick("task", "boxes", "n_train", "n_validation",
+                                                                       "n_test", "data_seed"),
+                 lambda d: stage_data(cfg, models, d, log), deps=("models",)).outputs
     teacher = R.run("teacher", pick("teacher_steps", "teacher_target", "threads"),
                     lambda d: stage_teacher(cfg, models, data, d), deps=("data",)).outputs["model"]
     disc = R.run("discover", pick("discovery_method", "discovery_items", "circuit_share"),
@@ -364,7 +371,8 @@ def train_row(cfg: ExperimentConfig, R: StageRunner, ctx: dict, v: str, method: 
     st = ctx["students"][v]
     budget = f"-n{max_train_items}" if max_train_items else ""
     key = f"{v}-{method}{budget}-s{seed}"
-    # a row is keyed only by the settings its loss reads, so a lambda sweep never retrains full-kd
+    # a row is keyed only by the settings its loss reads, so a lambda sweep never retrains full-kd (gradient
+    # checkpointing is left out: it gives the same step)
     knobs = ["steps", "batch_size", "lr", "eval_interval", "eval_items"]
     knobs += (["head_lr"] if method in HEAD_ONLY else []) + \
         [f for f in fields_read(method) if f in ExperimentConfig.model_fields]
@@ -399,6 +407,8 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
     data, teacher, disc = ctx["data"], ctx["teacher"], ctx["discover"]
     circuit = Circuit.load(disc["circuit"])
     results: dict = {"config": c, "teacher": {"model": teacher, "circuit": disc}, "variants": {}}
+    if "files" in data:
+        results["data_files"] = data["files"]
     results["teacher"]["eval"] = R.run("eval-teacher", ev_key, lambda d: stage_evaluate(
         cfg, teacher, [list(h) for h in circuit.as_list()], data, d), deps=("discover",)).outputs
     if cfg.n_random_sets:

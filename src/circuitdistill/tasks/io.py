@@ -120,12 +120,8 @@ def save_items(path: str | Path, items: Iterable[TaskItem]) -> Path:
     return write_jsonl_atomic(path, (it.model_dump(mode="json", exclude_none=True) for it in items))
 
 
-def check_single_token(items: Iterable[TaskItem], tokenizer, path: str | Path = "<items>") -> None:
-    """Raise TaskFileError for answers/candidates that are not a single token for ``tokenizer``.
-
-    Scoring reads the FIRST token of an answer; multi-token answers are scored on that token only,
-    so commands warn or refuse with this check.
-    """
+def single_token_problems(items: Iterable[TaskItem], tokenizer) -> list[tuple[int, str, str]]:
+    """(item number from 1, field, what is wrong) for every answer/candidate that is not a single token."""
     problems = []
     for i, it in enumerate(items, start=1):
         for field in ("answer", "corrupted_answer"):
@@ -135,5 +131,15 @@ def check_single_token(items: Iterable[TaskItem], tokenizer, path: str | Path = 
         for c in it.candidates or []:
             if len(tokenizer(c, add_special_tokens=False).input_ids) != 1:
                 problems.append((i, "candidates", f"{c!r} is not a single token for this tokenizer"))
+    return problems
+
+
+def check_single_token(items: Iterable[TaskItem], tokenizer, path: str | Path = "<items>") -> None:
+    """Raise TaskFileError for answers/candidates that are not a single token for ``tokenizer``.
+
+    Scoring reads the FIRST token of an answer; multi-token answers are scored on that token only,
+    so commands warn or refuse with this check.
+    """
+    problems = single_token_problems(items, tokenizer)
     if problems:
         raise TaskFileError(path, problems)
