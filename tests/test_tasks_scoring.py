@@ -142,3 +142,11 @@ def test_interventions_list_and_callable_and_hooks_removed():
     # all hooks gone: plain evaluation is unchanged
     torch.testing.assert_close(evaluate(model, tok, items, batch_size=2).logprob, base.logprob)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_forward_inputs_use_the_batchs_position_ids():
+    batch = encode_items(gpt2_tokenizer(), _items())
+    assert forward_inputs(batch)["position_ids"] is batch["position_ids"]
+    bare = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    assert torch.equal(forward_inputs(bare)["position_ids"], batch["position_ids"])
+    assert set(forward_inputs(bare)) == set(forward_inputs(batch))

@@ -34,30 +34,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def optimizer_step(loss, model, optimizer, grad_clip: float | None) -> None:
-    """Backward, optional global-norm clipping, step, zero the gradients: one plain training step."""
-    import torch
-
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
-def batch_indices(n_items: int, batch_size: int, step: int, seed: int) -> list[int]:
-    """Items of training step ``step``: consecutive slices of a seeded permutation per epoch (resume-exact)."""
-    out: list[int] = []
-    pos = step * batch_size
-    while len(out) < batch_size:
-        epoch, off = divmod(pos, n_items)
-        perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
-        take = min(batch_size - len(out), n_items - off)
-        out.extend(perm[off:off + take])
-        pos += take
-    return out
-
-
 def package_versions(extra: Iterable[str] = ()) -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in (*_TRACKED_PACKAGES, *extra):

@@ -14,22 +14,17 @@ Runs as a single process or under ``accelerate launch`` (any number of processes
 * checkpoints are one file written atomically (``checkpoint.pt``: trainable tensors, optimizer state, step);
   ``resume=True`` continues a killed run and reaches the same weights as an uninterrupted run.
 
-The environment variable ``CIRCUITDISTILL_FAULT_KILL_AFTER_STEP=k`` SIGKILLs the process right after step k
-(testing hook for resume).
+The steps run in the shared ``train_loop.TrainLoop``; this module supplies the loss, the evaluation and the
+checkpoint.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import signal
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from ..circuits.interchange import interchange_logits
 from ..models.grad_checkpoint import enable_gradient_checkpointing
@@ -39,8 +34,8 @@ from ..preflight import input_fingerprints
 from ..tasks.batching import encode_items, first_token_id
 from ..tasks.io import load_items
 from ..tasks.scoring import evaluate, forward_inputs
-from ..utils import (atomic_path, provenance, save_figure_atomic, seed_everything, sha256_json, versioned,
-                     write_json_atomic, write_jsonl_atomic)
+from ..train_loop import TrainLoop, batch_indices, read_log, save_checkpoint_file
+from ..utils import provenance, save_figure_atomic, seed_everything, sha256_json, versioned, write_json_atomic
 from .cka import CKAAccumulator
 from .config import DistillConfig
 from .head_params import HEAD_DELTAS_FILE, HeadDeltas, full_model_report, save_head_deltas
@@ -108,14 +103,7 @@ def _mean_all(x: torch.Tensor) -> torch.Tensor:
 # ---- data order ---------------------------------------------------------------------------------------------
 def global_indices(step: int, batch_size: int, n_items: int, seed: int) -> list[int]:
     """Item indices of the global batch at ``step``: consecutive slices of seeded per-epoch permutations."""
-    out: list[int] = []
-    pos = step * batch_size
-    while len(out) < batch_size:
-        epoch, off = divmod(pos + len(out), n_items)
-        perm = torch.randperm(n_items, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        take = min(batch_size - len(out), n_items - off)
-        out.extend(perm[off:off + take].tolist())
-    return out
+    return batch_indices(n_items, batch_size, step, seed, seed_scale=1_000_003)
 
 
 def random_pairing(student_heads, aligned_teacher, pool, seed: int) -> list[tuple[int, int]]:
@@ -141,12 +129,6 @@ def random_pairing(student_heads, aligned_teacher, pool, seed: int) -> list[tupl
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
-@dataclass
-class RunState:
-    step: int = 0
-    rows: list = field(default_factory=list)
-
-
 def _pair_key(s, t) -> str:
     return f"L{s[0]}.H{s[1]}~L{t[0]}.H{t[1]}"
 
@@ -155,16 +137,148 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+def _active_terms(cfg: DistillConfig) -> list:
+    terms = [(TERMS[n], weight_of(cfg.method, n, cfg)) for n in term_names(cfg.method)]
+    return [(t, w) for t, w in terms if w != 0.0]
+
+
+def _config_hash(cfg: DistillConfig) -> str:
+    """What the run reads joins the hash, so a resume after the data or a model changed is refused."""
+    return sha256_json({"config": cfg.model_dump(mode="json", exclude=set(RESUME_MAY_CHANGE)),
+                        "inputs": input_fingerprints({"data": cfg.data, "student": cfg.student,
+                                                      "teacher": cfg.teacher, "teacher_cache": cfg.teacher_cache,
+                                                      "interchange_cache": cfg.interchange_cache,
+                                                      "pairing": cfg.pairing})})
+
+
+@dataclass
+class _Teacher:
+    """The teacher side of every step: a cache of its outputs, or the live model."""
+    name: str
+    vocab: int
+    fingerprint: str
+    shape: dict
+    same_tok: bool
+    cache: TeacherCache | None = None
+    labels: torch.Tensor | None = None  # the cache's labels in the student's vocabulary
+    cf_cache: TeacherCache | None = None
+    hooked: HookedLM | None = None
+    tok: object = None
+
+
+def _open_teacher(cfg: DistillConfig, items, tok, device, need_rows: bool) -> _Teacher:
+    if cfg.teacher_cache:
+        cache = TeacherCache(cfg.teacher_cache)
+        same_tok = cache.meta["vocab_fingerprint"] == vocab_fingerprint(tok)
+        answers = encode_items(tok, items[:min(len(items), 64)])["answer_ids"] if same_tok else None
+        cache.check_data(cfg.data, len(items), answers)
+        labels = cache.labels_for(tok, vocab_fingerprint(tok))
+        if need_rows and cache.position != cfg.position:
+            raise ValueError(f"teacher cache {cfg.teacher_cache} stored position {cache.position}; the config asks "
+                             f"for position {cfg.position}")
+        return _Teacher(cache.meta.get("teacher", "teacher"), cache.meta["vocab_size"], cache.meta["vocab_fingerprint"],
+                        cache.meta["shape"], same_tok, cache=cache, labels=labels)
+    teacher, t_tok = load_model(cfg.teacher, device=device, dtype=cfg.dtype)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    hooked = HookedLM(teacher, t_tok)
+    fp = vocab_fingerprint(t_tok)
+    return _Teacher(cfg.teacher, teacher.get_output_embeddings().weight.shape[0], fp,
+                    {"n_layers": hooked.shape.n_layers, "n_heads": hooked.shape.n_heads}, fp == vocab_fingerprint(tok),
+                    hooked=hooked, tok=t_tok)
+
+
+def _trainables(cfg: DistillConfig, student, teacher: _Teacher, need_rows: bool):
+    """(pairs, head deltas or None, trainable parameters, report) of the method."""
+    method = METHODS[cfg.method]
+    if method.trains != "heads":
+        for p in student.parameters():
+            p.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(student)
+        return [], None, [p for p in student.parameters()], full_model_report(student)
+    pairing = load_pairing(cfg.pairing)
+    s_heads = pairing.student_heads
+    t_heads = [p.teacher for p in pairing.pairs]
+    if method.partners == "random":
+        pool = ([(l, h) for l in range(teacher.shape["n_layers"]) for h in range(teacher.shape["n_heads"])]
+                if cfg.random_pool == "all" else pairing.circuit)
+        t_heads = random_pairing(s_heads, t_heads, pool, cfg.seed)
+    pairs = list(zip(s_heads, t_heads))
+    if teacher.cache is not None and need_rows:
+        teacher.cache.require_heads([t for _, t in pairs])
+    deltas = HeadDeltas(student, s_heads, cfg.gqa_policy)
+    return pairs, deltas, deltas.parameters(), deltas.report()
+
+
+def _open_interchange(cfg: DistillConfig, items, teacher: _Teacher, t_heads) -> None:
+    no_source = [i for i, it in enumerate(items) if not it.corrupted_prompt]
+    if no_source:
+        raise ValueError(f"{cfg.data}: {len(no_source)} training item(s) have no corrupted_prompt (first: line "
+                         f"{no_source[0] + 1}); {cfg.method} patches the matched heads from it")
+    if teacher.cache is not None:
+        teacher.cf_cache = TeacherCache(cfg.interchange_cache) if cfg.interchange_cache else teacher.cache
+        if cfg.interchange_cache:
+            teacher.cf_cache.check_data(cfg.data, len(items))
+        teacher.cf_cache.require_interchange(t_heads)
+
+
+def _teacher_inputs(cfg: DistillConfig, teacher: _Teacher, items, gidx, lo, hi, local, tok, device,
+                    t_heads, need_rows: bool, need_cf: bool) -> StepInputs:
+    """The teacher's side of one step (labels, logits or top-k, head rows, interchange logits)."""
+    x = StepInputs(final=None, labels=None)
+    grows = torch.tensor(gidx)
+    local_items = [items[i] for i in gidx[lo:hi]]
+    if teacher.cache is not None:
+        cache = teacher.cache
+        labels = teacher.labels[grows[lo:hi]]
+        x.teacher_topk = (cache.topk_values[grows[lo:hi]], cache.topk_indices[grows[lo:hi]])
+        x.teacher_rows = cache.head_rows(grows, t_heads).to(device) if need_rows else None
+        if need_cf:
+            x.cf_teacher = tuple(t[grows[lo:hi]] for t in teacher.cf_cache.cf_topk)
+    else:
+        t_tok = teacher.tok
+        t_in = local if teacher.same_tok else {k: v[lo:hi] for k, v in
+                                               encode_items(t_tok, [items[i] for i in gidx]).items()}
+        t_logits, t_local = teacher_pass(teacher.hooked, t_in, t_heads if need_rows else [], cfg.position)
+        labels = t_logits.argmax(-1)
+        if not teacher.same_tok:  # teacher token -> text -> the student's first token
+            labels = torch.tensor([first_token_id(tok, t_tok.decode([int(i)])) for i in labels.tolist()])
+        x.teacher_logits = t_logits
+        x.teacher_rows = gather_rows_nograd(t_local) if need_rows else None
+        if need_cf:
+            with torch.no_grad():
+                x.cf_teacher = interchange_logits(teacher.hooked, t_in, encode_items(t_tok, local_items, corrupted=True),
+                                                  sorted(set(t_heads)), cfg.position).float()
+    if cfg.label_source == "gold":
+        labels = local["answer_ids"]
+    x.labels = labels.to(device)
+    return x
+
+
+def _log_fields(values: dict, extras: dict, pair_keys: list[str]) -> dict:
+    """Global values of the weighted terms: local means averaged over processes; pair terms are already global."""
+    row = {}
+    total = 0.0
+    for k, v in values.items():
+        g = v.item() if "pair_similarity" in extras[k] else _mean_all(v).item()
+        row[k] = g
+        total += g
+        if "pair_similarity" in extras[k]:
+            sims = extras[k]["pair_similarity"]
+            row[f"{k}_pairs"] = dict(zip(pair_keys, sims.tolist()))
+            row[f"{k}_mean"] = sims.mean().item()
+    row["loss"] = total
+    return row
+
+
 def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) one distillation; returns the summary (also written to ``out/summary.json``)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
     torch.set_num_threads(cfg.threads)
-    method = METHODS[cfg.method]
-    head_only = method.trains == "heads"
-    terms = [(TERMS[n], weight_of(cfg.method, n, cfg)) for n in term_names(cfg.method)]
-    terms = [(t, w) for t, w in terms if w != 0.0]
+    terms = _active_terms(cfg)
     needs = frozenset().union(*(t.needs for t, _ in terms))
     need_rows, need_cf = "head_rows" in needs, "counterfactual" in needs
     # a pair term alone leaves the o-slices of the last matched layer without gradient; DDP must be told
@@ -176,18 +290,12 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
     local_b = cfg.batch_size // world
     out = Path(cfg.out)
     ckpt_path = out / CHECKPOINT
-    # what the run reads joins the hash, so a resume after the data or a model changed is refused
-    cfg_hash = sha256_json({"config": cfg.model_dump(mode="json", exclude=set(RESUME_MAY_CHANGE)),
-                            "inputs": input_fingerprints({"data": cfg.data, "student": cfg.student,
-                                                          "teacher": cfg.teacher, "teacher_cache": cfg.teacher_cache,
-                                                          "interchange_cache": cfg.interchange_cache,
-                                                          "pairing": cfg.pairing})})
+    cfg_hash = _config_hash(cfg)
     if ckpt_path.exists() and not resume:
         raise FileExistsError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     seed_everything(cfg.seed)
     device = accelerator.device
 
-    # --- data, student, teacher ---
     items = load_items(cfg.data)
     if cfg.max_train_items:
         items = items[:cfg.max_train_items]
@@ -195,144 +303,39 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         raise ValueError(f"{cfg.data} has {len(items)} items; batch_size {cfg.batch_size} needs at least that many")
     student, tok = load_model(cfg.student, device=device, dtype=cfg.dtype)
     s_hooked = HookedLM(student, tok)
-    cache = teacher = t_hooked = None
-    if cfg.teacher_cache:
-        cache = TeacherCache(cfg.teacher_cache)
-        same_tok = cache.meta["vocab_fingerprint"] == vocab_fingerprint(tok)
-        answers = encode_items(tok, items[:min(len(items), 64)])["answer_ids"] if same_tok else None
-        cache.check_data(cfg.data, len(items), answers)
-        cache_labels = cache.labels_for(tok, vocab_fingerprint(tok))
-        if need_rows and cache.position != cfg.position:
-            raise ValueError(f"teacher cache {cfg.teacher_cache} stored position {cache.position}; the config asks "
-                             f"for position {cfg.position}")
-        t_vocab, t_fp = cache.meta["vocab_size"], cache.meta["vocab_fingerprint"]
-        t_shape = cache.meta["shape"]
-        t_name = cache.meta.get("teacher", "teacher")
-    else:
-        teacher, t_tok = load_model(cfg.teacher, device=device, dtype=cfg.dtype)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        t_hooked = HookedLM(teacher, t_tok)
-        t_vocab, t_fp = teacher.get_output_embeddings().weight.shape[0], vocab_fingerprint(t_tok)
-        same_tok = t_fp == vocab_fingerprint(tok)
-        t_shape = {"n_layers": t_hooked.shape.n_layers, "n_heads": t_hooked.shape.n_heads}
-        t_name = cfg.teacher
+    teacher = _open_teacher(cfg, items, tok, device, need_rows)
     if cfg.method == "logit-kd":
-        check_same_vocab(t_vocab, student.get_output_embeddings().weight.shape[0], t_fp, vocab_fingerprint(tok),
-                         t_name, cfg.student)
-
-    # --- pairs and trainable parameters ---
-    pairs: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    if head_only:
-        pairing = load_pairing(cfg.pairing)
-        s_heads = pairing.student_heads
-        t_heads = [p.teacher for p in pairing.pairs]
-        if method.partners == "random":
-            pool = ([(l, h) for l in range(t_shape["n_layers"]) for h in range(t_shape["n_heads"])]
-                    if cfg.random_pool == "all" else pairing.circuit)
-            t_heads = random_pairing(s_heads, t_heads, pool, cfg.seed)
-        pairs = list(zip(s_heads, t_heads))
-        if cache is not None and need_rows:
-            cache.require_heads([t for _, t in pairs])
-        deltas = HeadDeltas(student, s_heads, cfg.gqa_policy)
-        params = deltas.parameters()
-        report = deltas.report()
-    else:
-        deltas = None
-        for p in student.parameters():
-            p.requires_grad_(True)
-        params = [p for p in student.parameters()]
-        report = full_model_report(student)
-        if cfg.gradient_checkpointing:
-            enable_gradient_checkpointing(student)
+        check_same_vocab(teacher.vocab, student.get_output_embeddings().weight.shape[0], teacher.fingerprint,
+                         vocab_fingerprint(tok), teacher.name, cfg.student)
+    pairs, deltas, params, report = _trainables(cfg, student, teacher, need_rows)
     pair_keys = [_pair_key(s, t) for s, t in pairs]
     s_layers = sorted({s[0] for s, _ in pairs})
-    t_pairs_heads = [t for _, t in pairs]
+    t_heads = [t for _, t in pairs]
     eval_pairs = _aligned_pairs(cfg)
-    cf_cache = None
     if need_cf:
-        no_source = [i for i, it in enumerate(items) if not it.corrupted_prompt]
-        if no_source:
-            raise ValueError(f"{cfg.data}: {len(no_source)} training item(s) have no corrupted_prompt (first: line "
-                             f"{no_source[0] + 1}); {cfg.method} patches the matched heads from it")
-        if cache is not None:
-            cf_cache = TeacherCache(cfg.interchange_cache) if cfg.interchange_cache else cache
-            if cfg.interchange_cache:
-                cf_cache.check_data(cfg.data, len(items))
-            cf_cache.require_interchange(t_pairs_heads)
+        _open_interchange(cfg, items, teacher, t_heads)
 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(student, optimizer)
-
-    # --- resume ---
-    state = RunState()
+    state = {"step": 0, "history": []}
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["config_hash"] != cfg_hash:
-            raise ValueError(f"{ckpt_path} was written by a different config or from other inputs (data, models, "
-                             f"caches, pairing); resume needs the same config except {', '.join(RESUME_MAY_CHANGE)} "
-                             f"and unchanged inputs (compare with {RUN_CONFIG} in that directory)")
-        if ck["step"] > cfg.steps:
-            raise ValueError(f"{ckpt_path} is at step {ck['step']}, beyond steps={cfg.steps}")
-        _load_trainable(deltas, student, ck["trainable"])
-        optimizer.load_state_dict(ck["optimizer"])
-        state.step = ck["step"]
-        state.rows = [r for r in _read_log(out / LOG) if r["step"] <= state.step]
+        state["step"] = _load_checkpoint(ckpt_path, cfg, cfg_hash, deltas, student, optimizer)
+        state["history"] = [r for r in read_log(out / LOG) if r["step"] <= state["step"]]
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / RUN_CONFIG, versioned("distill-run-config", {
                                                 **provenance(cfg.seed, cfg), "config_hash": cfg_hash,
                                                 "world_size": world, "trainable": report,
                                                 "backend": dist.get_backend() if _dist_on() else None}))
-        _write_log(out / LOG, state.rows)
-    accelerator.wait_for_everyone()
+    eval_items = load_items(cfg.eval_data)[:cfg.eval_max_items] if cfg.eval_data else None
 
-    eval_items = None
-    if cfg.eval_data:
-        eval_items = load_items(cfg.eval_data)[:cfg.eval_max_items]
-    fault = int(os.environ.get("CIRCUITDISTILL_FAULT_KILL_AFTER_STEP", "-1"))
-    if eval_items is not None and state.step == 0:
-        start = {"step": 0, "eval": _evaluate(cfg, model, tok, eval_items, eval_pairs, accelerator)}
-        state.rows.append(start)
-        if main:
-            _append_log(out / LOG, start)
-    t_start = time.time()
-    bar = tqdm(range(state.step, cfg.steps), desc=f"distill {cfg.method}", unit="step",
-               disable=not (progress and main), initial=state.step, total=cfg.steps)
-    for step in bar:
-        t0, c0 = time.perf_counter(), time.process_time()
+    def step_loss(step: int):
         gidx = global_indices(step, cfg.batch_size, len(items), cfg.seed)
         batch = encode_items(tok, [items[i] for i in gidx])
         lo, hi = rank * local_b, (rank + 1) * local_b
         local = {k: v[lo:hi] for k, v in batch.items()}
         inputs = {k: v.to(device) for k, v in forward_inputs(local).items()}
-        grows = torch.tensor(gidx)
-
-        # teacher side
-        x = StepInputs(final=None, labels=None)
-        local_items = [items[i] for i in gidx[lo:hi]]
-        if cache is not None:
-            labels = cache_labels[grows[lo:hi]]
-            x.teacher_topk = (cache.topk_values[grows[lo:hi]], cache.topk_indices[grows[lo:hi]])
-            x.teacher_rows = cache.head_rows(grows, t_pairs_heads).to(device) if need_rows else None
-            if need_cf:
-                x.cf_teacher = tuple(t[grows[lo:hi]] for t in cf_cache.cf_topk)
-        else:
-            t_in = local if same_tok else {k: v[lo:hi] for k, v in encode_items(t_tok, [items[i] for i in gidx]).items()}
-            t_logits, t_local = teacher_pass(t_hooked, t_in, t_pairs_heads if need_rows else [], cfg.position)
-            labels = t_logits.argmax(-1)
-            if not same_tok:  # teacher token -> text -> the student's first token
-                labels = torch.tensor([first_token_id(tok, t_tok.decode([int(i)])) for i in labels.tolist()])
-            x.teacher_logits = t_logits
-            x.teacher_rows = gather_rows_nograd(t_local) if need_rows else None
-            if need_cf:
-                with torch.no_grad():
-                    x.cf_teacher = interchange_logits(t_hooked, t_in, encode_items(t_tok, local_items, corrupted=True),
-                                                      sorted(set(t_pairs_heads)), cfg.position).float()
-        if cfg.label_source == "gold":
-            labels = local["answer_ids"]
-        x.labels = labels.to(device)
-
+        x = _teacher_inputs(cfg, teacher, items, gidx, lo, hi, local, tok, device, t_heads, need_rows, need_cf)
         # student forward (record matched heads' outputs for pair terms)
         record = [hook_name(l, "attn.hook_z") for l in s_layers] if need_rows else []
         with s_hooked.hooks(record=record) as rec:
@@ -341,69 +344,69 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
             s_local = torch.stack([rec[hook_name(l, "attn.hook_z")][:, cfg.position, h, :] for (l, h), _ in pairs], 1)
             x.student_rows = gather_rows(s_local)
         if need_cf:
-            x.cf_final = interchange_logits(s_hooked, local, encode_items(tok, local_items, corrupted=True),
-                                            [s for s, _ in pairs], cfg.position)
+            corrupted = encode_items(tok, [items[i] for i in gidx[lo:hi]], corrupted=True)
+            x.cf_final = interchange_logits(s_hooked, local, corrupted, [s for s, _ in pairs], cfg.position)
         values: dict[str, torch.Tensor] = {}
         extras: dict[str, dict] = {}
         for term, weight in terms:
             v, info = term.value(x, cfg)
             values[term.name] = weight * v
             extras[term.name] = info
-        loss = sum(values.values())
-        accelerator.backward(loss)
-        grad_norm = None
-        if cfg.grad_clip is not None:
-            grad_norm = accelerator.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        return sum(values.values()), lambda: _log_fields(values, extras, pair_keys)
 
-        # log (global values: local means averaged over processes; pair terms are already global)
-        row = {"step": step + 1}
-        total = 0.0
-        for k, v in values.items():
-            g = v.item() if "pair_similarity" in extras[k] else _mean_all(v).item()
-            row[k] = g
-            total += g
-            if "pair_similarity" in extras[k]:
-                sims = extras[k]["pair_similarity"]
-                row[f"{k}_pairs"] = dict(zip(pair_keys, sims.tolist()))
-                row[f"{k}_mean"] = sims.mean().item()
-        row["loss"] = total
-        if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
-        row["step_time_s"] = time.perf_counter() - t0
-        row["step_cpu_s"] = time.process_time() - c0  # CPU seconds of this process (robust on a shared machine)
-        if eval_items is not None and cfg.eval_interval and (step + 1) % cfg.eval_interval == 0 and step + 1 < cfg.steps:
-            row["eval"] = _evaluate(cfg, model, tok, eval_items, eval_pairs, accelerator)
-        state.rows.append(row)
-        state.step = step + 1
+    def evaluate_now(step: int):
+        return {"eval": _evaluate(cfg, model, tok, eval_items, eval_pairs, accelerator)}, None
+
+    def save() -> None:
         if main:
-            _append_log(out / LOG, row)
-            bar.set_postfix(loss=f"{total:.4f}")
-        if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
-            if main:
-                _save_checkpoint(ckpt_path, deltas, student, optimizer, state.step, cfg_hash)
-                _plot(out / "loss.png", state.rows, cfg)
-            accelerator.wait_for_everyone()
-        if state.step == fault:
-            os.kill(os.getpid(), signal.SIGKILL)
+            _save_checkpoint(ckpt_path, deltas, student, optimizer, state["step"], cfg_hash)
+            _plot(out / "loss.png", state["history"], cfg)
+        accelerator.wait_for_everyone()
 
-    # --- finish ---
+    loop = TrainLoop(steps=cfg.steps, loss=step_loss, optimizer=optimizer, params=params, grad_clip=cfg.grad_clip,
+                     backward=accelerator.backward, clip_grad_norm=accelerator.clip_grad_norm_, log_grad_norm=True,
+                     log_step_times=True, evaluate=evaluate_now if eval_items is not None else None,
+                     eval_every=cfg.eval_interval, eval_at_start=True, eval_at_last_step=False,
+                     eval_in_step_row=True, save=save, checkpoint_every=cfg.checkpoint_every,
+                     log_path=out / LOG if main else None, desc=f"distill {cfg.method}", progress=progress and main)
+    accelerator.wait_for_everyone()
+    outcome = loop.run(state)
+    return _finish(cfg, model, student, tok, deltas, state["history"], eval_items, eval_pairs, accelerator, pairs,
+                   report, teacher.name, outcome.seconds)
+
+
+def _load_checkpoint(path: Path, cfg: DistillConfig, cfg_hash: str, deltas, student, optimizer) -> int:
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck["config_hash"] != cfg_hash:
+        raise ValueError(f"{path} was written by a different config or from other inputs (data, models, "
+                         f"caches, pairing); resume needs the same config except {', '.join(RESUME_MAY_CHANGE)} "
+                         f"and unchanged inputs (compare with {RUN_CONFIG} in that directory)")
+    if ck["step"] > cfg.steps:
+        raise ValueError(f"{path} is at step {ck['step']}, beyond steps={cfg.steps}")
+    _load_trainable(deltas, student, ck["trainable"])
+    optimizer.load_state_dict(ck["optimizer"])
+    return ck["step"]
+
+
+def _finish(cfg: DistillConfig, model, student, tok, deltas, rows, eval_items, eval_pairs, accelerator, pairs,
+            report, t_name: str, seconds: float) -> dict:
+    """Final evaluation, head deltas merged, the student, the summary."""
+    main, out = accelerator.is_main_process, Path(cfg.out)
     final_eval = _evaluate(cfg, model, tok, eval_items, eval_pairs, accelerator) if eval_items is not None else None
     if deltas is not None:
         if main:
             save_head_deltas(deltas, out / HEAD_DELTAS_FILE, base=cfg.student)
         deltas.merge()
-    timed = [r for r in state.rows if "step_time_s" in r]
-    summary = {"method": cfg.method, "steps": cfg.steps, "world_size": world, "trainable": report,
+    timed = [r for r in rows if "step_time_s" in r]
+    summary = {"method": cfg.method, "steps": cfg.steps, "world_size": accelerator.num_processes, "trainable": report,
                "pairs": [{"student": list(s), "teacher": list(t)} for s, t in pairs],
-               "final": state.rows[-1] if state.rows else None, "final_eval": final_eval,
-               "wall_s_this_session": round(time.time() - t_start, 2),
-               "start_eval": next((r["eval"] for r in state.rows if r["step"] == 0), None),
+               "final": rows[-1] if rows else None, "final_eval": final_eval,
+               "wall_s_this_session": round(seconds, 2),
+               "start_eval": next((r["eval"] for r in rows if r["step"] == 0), None),
                "mean_step_time_s": _mean([r["step_time_s"] for r in timed[1:]] or [r["step_time_s"] for r in timed]),
                **provenance(cfg.seed, cfg)}
     if main:
-        _plot(out / "loss.png", state.rows, cfg)
+        _plot(out / "loss.png", rows, cfg)
         meta = {"name": f"{cfg.method}-student", "description": f"{cfg.method} student of {t_name}",
                 "distill": cfg.model_dump(mode="json")}
         save_model_dir(student, tok, out / MODEL_DIR, meta)
@@ -412,7 +415,7 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
                                                      "distill": summary})
         write_json_atomic(out / "summary.json", versioned("distill-summary", summary))
         if not cfg.keep_checkpoints:
-            ckpt_path.unlink(missing_ok=True)  # the model is in model/; the optimizer state is 2x the trainables
+            (out / CHECKPOINT).unlink(missing_ok=True)  # the model is in model/; the optimizer state is 2x the trainables
     accelerator.wait_for_everyone()
     return summary
 
@@ -439,31 +442,8 @@ def _load_trainable(deltas, model, state: dict) -> None:
 def _save_checkpoint(path: Path, deltas, model, optimizer, step: int, cfg_hash: str) -> None:
     trainable = deltas.state_dict() if deltas is not None else {k: v.detach().clone()
                                                                  for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(),
-                    "config_hash": cfg_hash}, tmp)
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a torn last line from a kill
-    return rows
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    write_jsonl_atomic(path, rows)
-
-
-def _append_log(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    save_checkpoint_file(path, {"step": step, "trainable": trainable, "optimizer": optimizer.state_dict(),
+                                "config_hash": cfg_hash})
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..distill.matching import pairing_warnings
+from ..train_loop import read_log  # noqa: E402
 from ..utils import save_figure_atomic, write_text_atomic  # noqa: E402
 from .stats import mean_spread  # noqa: E402
 
@@ -46,11 +47,6 @@ def _fmt(ms: dict) -> str:
     if ms["n"] == 0:
         return "–"
     return f"{ms['mean']:.3f}" + (f" ± {ms['std']:.3f}" if ms["n"] > 1 else "")
-
-
-def _read_log(path: str) -> list[dict]:
-    p = Path(path)
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
 
 
 def table_rows(results: dict, variant: str) -> list[dict]:
@@ -217,7 +213,7 @@ def _curves(v: dict, path: Path, eff_path: Path) -> None:
         for seed, s in row["seeds"].items():
             if "log" not in s:
                 continue
-            log = _read_log(s["log"])
+            log = read_log(Path(s["log"]))
             steps = [r["step"] for r in log]
             if any("ce" in r for r in log):
                 a1.plot(steps, [r.get("ce", np.nan) for r in log], label=f"{method} s{seed}", lw=1)

@@ -16,20 +16,20 @@ bit for bit, as a run that was never interrupted (with the same thread count).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from tqdm.auto import tqdm
 
-from ..utils import atomic_path, batch_indices, optimizer_step, sha256_json
+from ..train_loop import TrainLoop, batch_indices, save_checkpoint_file
+from ..utils import sha256_json
 from .general_text import perplexity
 from .placement import threads_field
 
 CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
 # settings that do not change the weights' trajectory: a resumed run may differ in them
 RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "ppl_target_ratio", "eval_every", "threads", "max_minutes"}
 
@@ -130,57 +130,39 @@ def heal(student, teacher, tokenizer, train_texts: Sequence[str], heldout_texts:
     history: list[dict] = state["history"]
     target = cfg.ppl_target_ratio * teacher_ppl if cfg.ppl_target_ratio else None
 
-    def evaluate(step: int) -> float:
-        t = time.perf_counter()
+    def evaluate(step: int) -> tuple[dict, str | None]:
         student.eval()
         ppl = perplexity(student, tokenizer, list(heldout_texts), max_length=cfg.eval_max_length, progress=progress)
         student.train()
-        state["eval_seconds"] += time.perf_counter() - t
-        history.append({"step": step, "heldout_ppl": ppl, "ratio": ppl / teacher_ppl})
-        return ppl
+        return {"heldout_ppl": ppl, "ratio": ppl / teacher_ppl}, reached(ppl, step)
 
-    def save() -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(ckpt) as tmp:
-            torch.save({"config_hash": cfg_hash, "model": student.state_dict(), "optimizer": opt.state_dict(),
-                        "state": state}, tmp)
+    def reached(ppl: float, step: int) -> str | None:
+        if target is not None and ppl <= target:
+            return f"held-out perplexity {ppl:.2f} <= target {target:.2f} at step {step}"
+        return None
 
-    evals = [h for h in history if "heldout_ppl" in h]
-    step = state["step"]
-    ppl = evals[-1]["heldout_ppl"] if evals else evaluate(0)
-    stop_reason = None
-    if target is not None and ppl <= target:
-        stop_reason = f"held-out perplexity {ppl:.2f} <= target {target:.2f} at step {step}"
-    student.train()
-    bar = tqdm(total=cfg.steps, initial=step, desc="heal", unit="step", disable=not progress)
-    t_run = time.perf_counter()
-    while stop_reason is None and step < cfg.steps:
-        t, c = time.perf_counter(), time.process_time()
+    def step_loss(step: int):
         ids = chunks[batch_indices(len(chunks), cfg.batch_size, step, seed)]
         loss, parts = heal_loss(student, teacher, ids, cfg, step)
-        optimizer_step(loss, student, opt, cfg.grad_clip)
-        step += 1
-        state["train_seconds"] += time.perf_counter() - t
-        state["train_cpu_seconds"] += time.process_time() - c
-        history.append({"step": step, "loss": loss.item(), **parts})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", ppl=f"{ppl:.2f}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            ppl = evaluate(step)
-            bar.set_postfix(loss=f"{loss.item():.3f}", ppl=f"{ppl:.2f}")
-            if target is not None and ppl <= target:
-                stop_reason = f"held-out perplexity {ppl:.2f} <= target {target:.2f} at step {step}"
-        if stop_reason is None and cfg.max_minutes and time.perf_counter() - t_run > 60 * cfg.max_minutes:
-            if history[-1].get("step") != step or "heldout_ppl" not in history[-1]:
-                ppl = evaluate(step)
-            stop_reason = f"time budget of {cfg.max_minutes} minutes reached at step {step}"
-        state["step"] = step
-        if step % cfg.checkpoint_every == 0 or stop_reason is not None or step == cfg.steps:
-            save()
-        if stop_after is not None and step >= stop_after and stop_reason is None and step < cfg.steps:
-            bar.close()
-            return {"interrupted": True, "steps": step}
-    bar.close()
+        return loss, lambda: {"loss": loss.item(), **parts}
+
+    def save() -> None:
+        save_checkpoint_file(ckpt, {"config_hash": cfg_hash, "model": student.state_dict(),
+                                    "optimizer": opt.state_dict(), "state": state})
+
+    evals = [h for h in history if "heldout_ppl" in h]
+    stop_reason = reached(evals[-1]["heldout_ppl"], state["step"]) if evals else None
+    student.train()
+    loop = TrainLoop(steps=cfg.steps, loss=step_loss, optimizer=opt, params=list(student.parameters()),
+                     grad_clip=cfg.grad_clip, evaluate=evaluate, eval_key="heldout_ppl", eval_every=cfg.eval_every,
+                     eval_at_start=True, save=save, checkpoint_every=cfg.checkpoint_every,
+                     max_minutes=cfg.max_minutes, log_path=run_dir / LOG, desc="heal", progress=progress,
+                     stop_after=stop_after)
+    outcome = loop.run(state, stop_reason)
+    step = state["step"]
+    if outcome.interrupted:
+        return {"interrupted": True, "steps": step}
+    stop_reason = outcome.stop_reason
     student.eval()
     evals = [h for h in history if "heldout_ppl" in h]
     return {
@@ -189,6 +171,6 @@ def heal(student, teacher, tokenizer, train_texts: Sequence[str], heldout_texts:
         "ratio_after": evals[-1]["heldout_ppl"] / teacher_ppl, "target_ppl": target,
         "train_chunks": len(chunks), "tokens_seen": step * cfg.batch_size * cfg.seq_len,
         "train_seconds": round(state["train_seconds"], 1), "train_cpu_seconds": round(state["train_cpu_seconds"], 1),
-        "eval_seconds": round(state["eval_seconds"], 1), "this_run_wall_seconds": round(time.perf_counter() - t_run, 1),
+        "eval_seconds": round(state["eval_seconds"], 1), "this_run_wall_seconds": round(outcome.seconds, 1),
         "resumed_from_step": resumed_from, "history": history, "checkpoint": str(ckpt),
     }

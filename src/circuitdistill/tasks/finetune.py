@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from tqdm.auto import tqdm
 
 from ..models import registry
 from ..models.placement import Device, DType, device_field, dtype_field, threads_field
-from ..utils import (UserError, batch_indices, make_temp_dir, optimizer_step, provenance,  # noqa: F401
-                     set_open_modes_below, sha256_file, sha256_json, versioned, write_json_atomic)
+from ..train_loop import TrainLoop, batch_indices
+from ..utils import (UserError, make_temp_dir, provenance, set_open_modes_below, sha256_file, sha256_json, versioned,
+                     write_json_atomic)
 from .batching import encode_items
 from .registry import TaskName
 from .schema import TaskItem
@@ -70,6 +69,7 @@ def final_position_loss(model, batch: dict) -> torch.Tensor:
 
 CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "state.json")
 MANIFEST = "manifest.json"  # sha256 of every checkpoint file, written last
+LOG = "log.jsonl"
 
 
 def _ckpt_dirs(run_dir: Path) -> tuple[Path, Path]:
@@ -161,58 +161,40 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
     history: list[dict] = state["history"]
     resumed_from = state["step"] if state["step"] else None
 
-    def validate(step: int) -> float:
-        t = time.perf_counter()
-        res = evaluate(model, tokenizer, val_items, batch_size=cfg.eval_batch_size)
-        s = res.summary()
-        state["eval_seconds"] += time.perf_counter() - t
-        row = {"step": step, "val_accuracy": s["accuracy"]["mean"], "val_candidate_accuracy": s["candidate_accuracy"]["mean"],
+    def validate(step: int) -> tuple[dict, str | None]:
+        s = evaluate(model, tokenizer, val_items, batch_size=cfg.eval_batch_size).summary()
+        acc = s["accuracy"]["mean"]
+        row = {"val_accuracy": acc, "val_candidate_accuracy": s["candidate_accuracy"]["mean"],
                "val_logprob": s["logprob"]["mean"]}
-        history.append(row)
-        return row["val_accuracy"]
-
-    def reached(acc: float) -> bool:
-        return cfg.target is not None and acc >= cfg.target
+        reached = cfg.target is not None and acc >= cfg.target
+        when = "before training" if step == 0 else f"at step {step}"
+        return row, f"validation accuracy {acc:.3f} >= target {cfg.target} {when}" if reached else None
 
     stop_reason = None
-    step = state["step"]
-    if step == 0 and not any(h.get("step") == 0 and "val_accuracy" in h for h in history):
-        acc = validate(0)
-        if reached(acc):
-            stop_reason = f"validation accuracy {acc:.3f} >= target {cfg.target} before training"
-    elif history and "val_accuracy" in history[-1] and history[-1]["step"] == step and reached(history[-1]["val_accuracy"]):
-        stop_reason = f"validation accuracy {history[-1]['val_accuracy']:.3f} >= target {cfg.target} (at resume)"
+    last = history[-1] if history else {}
+    if "val_accuracy" in last and last["step"] == state["step"] and cfg.target is not None \
+            and last["val_accuracy"] >= cfg.target:
+        stop_reason = f"validation accuracy {last['val_accuracy']:.3f} >= target {cfg.target} (at resume)"
 
-    model.train()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{cfg.mode} {cfg.name}", unit="step", disable=not progress)
-    t_start = time.perf_counter()
-    while stop_reason is None and step < cfg.max_steps:
-        t = time.perf_counter()
+    def step_loss(step: int):
+        model.train()
         idx = batch_indices(len(train_items), cfg.batch_size, step, cfg.seed)
-        batch = encode_items(tokenizer, [train_items[i] for i in idx])
-        loss = final_position_loss(model, batch)
-        optimizer_step(loss, model, opt, cfg.grad_clip)
-        step += 1
-        state["train_seconds"] += time.perf_counter() - t
-        history.append({"step": step, "loss": float(loss.item())})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            acc = validate(step)
-            bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.3f}")
-            model.train()
-            if reached(acc):
-                stop_reason = f"validation accuracy {acc:.3f} >= target {cfg.target} at step {step}"
-        state["step"] = step
-        if step % cfg.checkpoint_every == 0 or stop_reason is not None:
-            save_checkpoint(run_dir, model, opt, state)
-    bar.close()
+        loss = final_position_loss(model, encode_items(tokenizer, [train_items[i] for i in idx]))
+        return loss, lambda: {"loss": float(loss.item())}
+
+    loop = TrainLoop(steps=cfg.max_steps, loss=step_loss, optimizer=opt, params=list(model.parameters()),
+                     grad_clip=cfg.grad_clip, evaluate=validate, eval_key="val_accuracy", eval_every=cfg.eval_every,
+                     eval_at_start=True, checkpoint_every=cfg.checkpoint_every, save_at_cap=False,
+                     save=lambda: save_checkpoint(run_dir, model, opt, state), log_path=run_dir / LOG,
+                     desc=f"{cfg.mode} {cfg.name}", progress=progress)
+    outcome = loop.run(state, stop_reason)
     model.eval()
+    step = state["step"]
+    stop_reason = outcome.stop_reason
     if stop_reason is None:
         stop_reason = f"reached max_steps={cfg.max_steps}"
-        if not history or history[-1].get("step") != step or "val_accuracy" not in history[-1]:
-            validate(step)
-        state["step"] = step
+        if not loop.evaluated_at(history, step):
+            loop.eval_row(state, step)
         save_checkpoint(run_dir, model, opt, state)
     evals = [h for h in history if "val_accuracy" in h]
     record = {
@@ -221,7 +203,7 @@ def finetune(cfg: FinetuneConfig, train_items: Sequence[TaskItem], val_items: Se
         "final_val_accuracy": evals[-1]["val_accuracy"] if evals else None,
         "val_items": len(val_items), "train_items": len(train_items),
         "train_seconds": round(state["train_seconds"], 1), "eval_seconds": round(state["eval_seconds"], 1),
-        "this_run_wall_seconds": round(time.perf_counter() - t_start, 1), "resumed_from_step": resumed_from,
+        "this_run_wall_seconds": round(outcome.seconds, 1), "resumed_from_step": resumed_from,
         "history": history, "data": {**(data_info or {}), "sha256": data_hash},
         "provenance": provenance(cfg.seed, cfg),
         "description": f"{cfg.mode} fine-tune of {cfg.base} on {cfg.task}: {step} steps, val acc "

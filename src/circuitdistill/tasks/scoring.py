@@ -28,10 +28,12 @@ BINARY = ("accuracy", "candidate_accuracy")
 
 
 def forward_inputs(batch: dict) -> dict:
-    """What the HF forward takes, plus left-padding-aware position ids."""
-    out = dict(model_inputs(batch))
-    out["position_ids"] = left_padded_position_ids(batch["attention_mask"])
-    return out
+    """What the HF forward takes, with left-padding-aware position ids: an ``encode_items`` batch carries them;
+    a batch without them gets ``left_padded_position_ids`` of its attention mask."""
+    if "position_ids" in batch:
+        return model_inputs(batch)
+    return {**{k: batch[k] for k in ("input_ids", "attention_mask")},
+            "position_ids": left_padded_position_ids(batch["attention_mask"])}
 
 
 _TAKES_LOGITS_TO_KEEP: dict[type, bool] = {}

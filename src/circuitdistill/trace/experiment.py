@@ -25,12 +25,12 @@ from typing import Literal
 
 import torch
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models import registry
 from ..models.arch import get_module, table_for
 from ..models.placement import Device, DType, device_field, dtype_field, threads_field
+from ..train_loop import TrainLoop, save_checkpoint_file
 from ..utils import provenance, seed_everything, sha256_json, versioned, write_json_atomic, write_text_atomic
 from .io import append_jsonl, compact_jsonl, read_done, read_jsonl
 from .report import experiment_report
@@ -216,56 +216,45 @@ def train_student(teacher: str, data: list[dict], cfg: TraceExperimentConfig, ck
         perm = list(range(len(pairs)))
         rng.shuffle(perm)
         order += perm
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    state_f, weights_f = ckpt_dir / "state.json", ckpt_dir / "trainable.safetensors"
-    step, losses = 0, []
-    if state_f.exists() and weights_f.exists():
-        st = json.loads(state_f.read_text())
-        if st.get("name") == name:
-            sd = load_file(str(weights_f))
+    ckpt = ckpt_dir / "checkpoint.pt"
+    state: dict = {"step": 0, "history": []}
+    if ckpt.exists():
+        ck = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if ck["name"] == name:
             named = dict(model.named_parameters())
             with torch.no_grad():
-                for k, v in sd.items():
+                for k, v in ck["trainable"].items():
                     named[k].copy_(v)
-            if (ckpt_dir / "optimizer.pt").exists():
-                opt.load_state_dict(torch.load(ckpt_dir / "optimizer.pt", weights_only=True))
-            step, losses = st["step"], st["losses"]
+            opt.load_state_dict(ck["optimizer"])
+            state = {"step": ck["step"], "history": ck["history"]}
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 10)) *
                                               max(0.0, 1 - s / total) if total > 1 else 1.0)
-    for _ in range(step):
+    for _ in range(state["step"]):
         sched.step()
-    t0 = time.time()
-    bar = tqdm(total=total, initial=step, desc=f"train student<-{teacher}", unit="step")
-    while step < total:
+
+    def step_loss(step: int):
         idx = order[step * sc.batch_size:(step + 1) * sc.batch_size]
         batch = {k: v.to(model.device) for k, v in _collate([pairs[i] for i in idx], tok.pad_token_id).items()}
         loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        losses.append(round(float(loss.detach()), 4))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        bar.update(1)
-        if step % sc.checkpoint_every == 0 and step < total:
-            trainable = {k: p.detach().contiguous() for k, p in model.named_parameters() if p.requires_grad}
-            save_file(trainable, str(weights_f) + ".tmp")
-            Path(str(weights_f) + ".tmp").replace(weights_f)
-            torch.save(opt.state_dict(), str(ckpt_dir / "optimizer.pt.tmp"))
-            (ckpt_dir / "optimizer.pt.tmp").replace(ckpt_dir / "optimizer.pt")
-            write_json_atomic(state_f, {"name": name, "step": step, "losses": losses})
-    bar.close()
+        return loss, lambda: {"loss": round(float(loss.detach()), 4)}
+
+    def save() -> None:
+        trainable = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+        save_checkpoint_file(ckpt, {"name": name, "step": state["step"], "history": state["history"],
+                                    "trainable": trainable, "optimizer": opt.state_dict()})
+
+    loop = TrainLoop(steps=total, loss=step_loss, optimizer=opt, params=params, grad_clip=1.0, scheduler=sched,
+                     save=save, checkpoint_every=sc.checkpoint_every, save_at_cap=False,
+                     log_path=ckpt_dir / "log.jsonl", desc=f"train student<-{teacher}")
+    outcome = loop.run(state)
+    losses = [r["loss"] for r in state["history"]]
     info = {"teacher": teacher, "base": sc.base, "steps": total, "examples": len(pairs), "losses": losses,
-            "train_seconds_this_session": round(time.time() - t0, 1), "config": sc.model_dump()}
+            "train_seconds_this_session": round(outcome.seconds, 1), "config": sc.model_dump()}
     model.eval()
     model.hf_quantizer = None  # the base was converted from GGUF; its weights are plain float32 now
     registry.save_derived(model, tok, name, {"description": f"trace student of {teacher} ({sc.base}, {total} steps)",
                                              "train": info, "seed": cfg.seed})
-    for f in (weights_f, ckpt_dir / "optimizer.pt"):
-        if f.exists():
-            f.unlink()
+    ckpt.unlink(missing_ok=True)
     return name, info
 
 
