@@ -13,6 +13,8 @@ answer, at the final position or at all positions):
      --circuit-size heads by exact patching, by each variant, and by --verify K (--verify-with ranks every
      head, exact patching re-scores its top K, the circuit is the top --circuit-size of those); the verify
      time is the ranking time plus the exact re-scoring time;
+  5. each variant's recall: the share of the exact top --circuit-size heads among its top --verify heads
+     (verify finds exactly the exact circuit when this is 1);
 plus the largest |batched - naive| difference on the heads the naive loop ran.
 
 The naive loop is slow on 2 CPU cores; by default it runs on --naive-heads evenly spaced heads and its
@@ -59,6 +61,11 @@ def timed(fn: Callable):
     if torch.cuda.is_available():
         torch.cuda.synchronize()  # a GPU's queued kernels belong to this timing
     return out, clock() - t0
+
+
+def recall(exact: torch.Tensor, est: torch.Tensor, k: int, n: int) -> float:
+    """Share of the exact top ``k`` heads among the estimate's top ``n`` (verify re-scores those n)."""
+    return len(set(top_heads(exact, k)) & set(top_heads(est, n))) / k
 
 
 def spearman(eff: torch.Tensor, est: torch.Tensor) -> tuple[float, float, float]:
@@ -132,12 +139,15 @@ def main() -> None:
     eff = exact - clean
 
     rows = {}
+    shared = {}  # the verify ranker's unchanged passes, reused by the re-scoring as `discover --verify` does
     for v in variants:
         kw = dict(VARIANTS[v], ig_steps=args.ig_steps if v == "atp" else 0)
+        kw["shared"] = shared if v == args.verify_with else None
         est, t = timed(lambda: attribution_patching(hk, items, "logprob", "corrupted", positions=args.positions,
                                                     batch_size=args.batch_size, progress=False,
                                                     rows_per_pass=args.rows_per_pass, **kw))
-        rows[v] = {"est": est, "t": t, "rho": spearman(eff, est)}
+        rows[v] = {"est": est, "t": t, "rho": spearman(eff, est),
+                   "recall": recall(eff, est, args.circuit_size, args.verify or args.circuit_size)}
     circuits = {"exact": top_heads(eff, args.circuit_size), **{v: top_heads(r["est"], args.circuit_size)
                                                                 for v, r in rows.items()}}
     t_verify = None
@@ -145,7 +155,8 @@ def main() -> None:
         top = top_heads(rows[args.verify_with]["est"], args.verify)
         rescored, t_rescore = timed(lambda: head_sweep(hk, items, "logprob", "corrupted", heads=top,
                                                        batch_size=args.batch_size, positions=args.positions,
-                                                       rows_per_pass=args.rows_per_pass, progress=False))
+                                                       rows_per_pass=args.rows_per_pass, progress=False,
+                                                       shared=shared))
         t_verify = rows[args.verify_with]["t"] + t_rescore
         circuits[f"verify {args.verify}"] = top_heads(rescored - clean, args.circuit_size)
     faith = {}
@@ -158,8 +169,9 @@ def main() -> None:
 
     naive_label = "measured" if len(sub) == n_total else f"extrapolated from {len(sub)} heads ({t_naive_run:.1f} s)"
     print()
+    n_rec = args.verify or args.circuit_size
     print(f"{'':34} {'seconds':>9} {'/ batched':>10} {'rho all':>8} {'rho top30':>9} {'sign30':>7} "
-          f"{'faithful':>9}")
+          f"{'faithful':>9} {f'recall@{n_rec}':>10}")
     print(f"{'naive loop (1 head/pass, full fwd)':34} {t_naive:9.1f} {t_naive / t_batched:10.2f}   [{naive_label}]")
     f_exact = f"{faith['exact']:9.3f}" if faith else ""
     print(f"{'batched exact sweep':34} {t_batched:9.1f} {1.0:10.2f} {'':8} {'':9} {'':7} {f_exact}")
@@ -168,7 +180,7 @@ def main() -> None:
                  "gd": "AtP + GradDrop", "star": "AtP* (QK fix + GradDrop)"}[v]
         f = f"{faith[v]:9.3f}" if faith else ""
         print(f"{label:34} {r['t']:9.1f} {r['t'] / t_batched:10.3f} {r['rho'][0]:8.3f} {r['rho'][1]:9.3f} "
-              f"{r['rho'][2]:7.2f} {f}")
+              f"{r['rho'][2]:7.2f} {f:>9} {r['recall']:10.3f}")
     if t_verify is not None:
         name = f"verify {args.verify}"
         f = f"{faith[name]:9.3f}" if faith else ""
@@ -185,7 +197,8 @@ def main() -> None:
     summary = {"t_naive_s": t_naive, "t_naive_measured_s": t_naive_run, "naive_heads": len(sub),
                "t_batched_s": t_batched, "batched_over_naive": t_batched / t_naive, "max_abs_diff": diff,
                "variants": {v: {"t_s": r["t"], "spearman_all": r["rho"][0], "spearman_top30": r["rho"][1],
-                                "sign_top30": r["rho"][2]} for v, r in rows.items()},
+                                "sign_top30": r["rho"][2], f"recall_top{args.circuit_size}_at_{n_rec}": r["recall"]}
+                            for v, r in rows.items()},
                "t_verify_s": t_verify, "faithfulness": faith, "clean_logprob": clean}
     if args.json:
         from circuitdistill.utils import write_json_atomic

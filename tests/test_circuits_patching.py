@@ -90,14 +90,18 @@ def test_atp_restores_training_mode_and_grad_flags(tok):
         attribution_patching(HookedLM(model, tok), items, "accuracy", progress=False)
 
 
-@pytest.mark.parametrize("family,replacement,ig_steps", [
-    ("llama", "corrupted", 0), ("llama", "mean", 2), ("gpt2", "corrupted", 2), ("qwen2", "zero", 0)])
-def test_final_position_atp_on_the_shared_prefix_equals_full_passes(tok, family, replacement, ig_steps):
+STAR = {"qk_fix": True, "grad_drop": True}
+
+
+@pytest.mark.parametrize("family,replacement,ig_steps,fixes", [
+    ("llama", "corrupted", 0, {}), ("llama", "mean", 2, {}), ("gpt2", "corrupted", 2, {}), ("qwen2", "zero", 0, {}),
+    ("llama", "corrupted", 0, STAR), ("gpt2", "corrupted", 0, STAR), ("qwen2", "mean", 0, {"qk_fix": True})])
+def test_final_position_atp_on_the_shared_prefix_equals_full_passes(tok, family, replacement, ig_steps, fixes):
     items = box_items(tok, 5, 3, seed=1)
     items[3] = items[3].model_copy(update={"prompt": "Short. " + items[3].prompt})  # left padding in the batch
     hk = HookedLM(tiny_model(family, seed=4), tok)
     kw = dict(metric="logprob", replacement=replacement, positions="final", ig_steps=ig_steps, batch_size=3,
-              progress=False)
+              progress=False, **fixes)
     shared = attribution_patching(hk, items, prefix_cache=True, **kw)
     full = attribution_patching(hk, items, prefix_cache=False, **kw)
     assert full.abs().max() > 1e-4  # not vacuous

@@ -29,19 +29,23 @@ def setup(tmp_path_factory):
     return d, model, tok, items
 
 
-@pytest.mark.parametrize("fixes", [{}, {"qk_fix": True, "grad_drop": True}])
-def test_verify_rescores_the_top_k_exactly_and_selects_from_exact_scores(setup, fixes):
+@pytest.mark.parametrize("positions,fixes", [("all", {}), ("all", {"qk_fix": True, "grad_drop": True}),
+                                             ("final", {"qk_fix": True}), ("final", {})])
+def test_verify_rescores_the_top_k_exactly_and_selects_from_exact_scores(setup, positions, fixes):
+    """The re-scoring reuses the ranking's unchanged passes (corrupted outputs, prefix cache, layer calls) and still
+    equals a separate exact sweep."""
     d, model, tok, items = setup
-    cfg = DiscoverConfig(model=str(d / "model"), data=d / "items.jsonl", method="attribution", positions="all",
-                         circuit_size=3, verify=5, max_items=6, batch_size=3, out=d / f"out{len(fixes)}", **fixes)
+    out = d / f"out{positions}{len(fixes)}"
+    cfg = DiscoverConfig(model=str(d / "model"), data=d / "items.jsonl", method="attribution", positions=positions,
+                         circuit_size=3, verify=5, max_items=6, batch_size=4, out=out, **fixes)
     circuit, _ = run_discover(cfg, progress=False)
-    assert Circuit.load(d / f"out{len(fixes)}" / "circuit.json").selection == {"top_n": 3, "verify": 5}
+    assert Circuit.load(out / "circuit.json").selection == {"top_n": 3, "verify": 5}
     hk = HookedLM(model, tok)
-    est = attribution_patching(hk, items, "logprob", positions="all", batch_size=3, progress=False, **fixes)
+    est = attribution_patching(hk, items, "logprob", positions=positions, batch_size=4, progress=False, **fixes)
     top5 = {(int(i) // 4, int(i) % 4) for i in est.flatten().abs().argsort(descending=True)[:5]}
     grid = circuit.score_grid()
     assert {(l, h) for l in range(3) for h in range(4) if not math.isnan(grid[l, h])} == top5
-    exact = activation_patching(hk, items, "logprob", positions="all", batch_size=3, progress=False).scores
+    exact = activation_patching(hk, items, "logprob", positions=positions, batch_size=3, progress=False).scores
     for l, h in top5:
         assert abs(float(grid[l, h]) - float(exact[l, h])) < 1e-5
     best3 = sorted(top5, key=lambda lh: -abs(float(exact[lh])))[:3]

@@ -139,17 +139,29 @@ def _source_z(hooked: HookedLM, run_batch: dict, items: Sequence[TaskItem], mode
     return None
 
 
+def shared_pass(shared: dict | None, key: tuple, compute):
+    """``compute()``, kept in ``shared`` under ``key`` when a dict is given, so two sweeps over the same item
+    batches (attribution patching, then the exact re-scoring of its top heads) run an unchanged pass once."""
+    if shared is None:
+        return compute()
+    if key not in shared:
+        shared[key] = compute()
+    return shared[key]
+
+
 def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accuracy", mode: Mode = "mean",
                means: dict[str, torch.Tensor] | None = None, heads: Sequence[Sequence[int]] | None = None,
                batch_size: int = 32, positions=None, seed: int = 0, progress: bool = True,
                rows_per_pass: int | None = None, prefix_cache: bool = True, return_per_item: bool = False,
-               layer_skip: bool = True):
+               layer_skip: bool = True, shared: dict | None = None):
     """Mean metric over ``items`` with each single head replaced; [n_layers, n_heads] (NaN where not swept).
 
     ``batch_size`` items are encoded together; ``rows_per_pass`` bounds the rows of one forward pass
     (default: ``8 * batch_size``; ``batch_size`` for full passes). ``prefix_cache=False`` forces full
     forward passes for final-position sweeps; ``layer_skip=False`` runs every layer for the others.
     With ``return_per_item`` it also returns the per-item values [n_items, n_layers, n_heads].
+    ``shared``: unchanged passes (corrupted head outputs, the clean prefix cache, the clean layer calls)
+    per item batch, reused from and kept for another sweep (``shared_pass``).
     """
     check_metric(metric)
     if mode not in MODES:
@@ -179,18 +191,23 @@ def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accur
             chunk = [items[i] for i in idx]
             n = len(chunk)
             run = encode_items(tok, chunk, corrupted=run_corrupted)
-            src = _source_z(hooked, run, chunk, mode, run_corrupted, gen)
+            batch_key = (idx[0], n)
+            if mode == "corrupted":
+                src = shared_pass(shared, ("corrupted", *batch_key),
+                                  lambda: _source_z(hooked, run, chunk, mode, run_corrupted, gen))
+            else:
+                src = _source_z(hooked, run, chunk, mode, run_corrupted, gen)
             p = run["input_ids"].shape[1]
             cached = use_cache and p > 1
             if cached:
                 pid = forward_inputs(run)["position_ids"]
-                prefix = model(**on_model_device({"input_ids": run["input_ids"][:, :-1],
-                                                  "attention_mask": run["attention_mask"][:, :-1],
-                                                  "position_ids": pid[:, :-1]}, model),
-                               use_cache=True, logits_to_keep=1).past_key_values
+                prefix = shared_pass(shared, ("prefix", *batch_key), lambda: clean_prefix(model, forward_inputs(run)))
                 if src is not None:
                     src = {k: v[:, -1:] for k, v in src.items()}
-            if skip:
+            if skip and not run_corrupted:
+                calls = shared_pass(shared, ("calls", *batch_key),
+                                    lambda: record_layer_calls(hooked, _on_device(forward_inputs(run), model)))
+            elif skip:
                 calls = record_layer_calls(hooked, _on_device(forward_inputs(run), model))
             for group in _head_groups(head_list, max(1, rpp // n), skip):
                 g = len(group)
@@ -228,6 +245,13 @@ def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accur
     bar.close()
     out = per_item_vals.mean(0)
     return (out, per_item_vals) if return_per_item else out
+
+
+@torch.no_grad()
+def clean_prefix(model, inputs: dict):
+    """The key/value cache of the prompt minus its last token (``inputs``: ``forward_inputs`` of a batch)."""
+    return model(**on_model_device({k: inputs[k][:, :-1] for k in ("input_ids", "attention_mask", "position_ids")},
+                                   model), use_cache=True, logits_to_keep=1).past_key_values
 
 
 def _head_groups(heads: list[Head], k: int, by_layer: bool) -> list[list[Head]]:

@@ -11,12 +11,15 @@ replace AtP's first-order term along that path by the exact one:
 
 The second term is the part of AtP's estimate that went through L''s softmax along the same path
 (one backward per layer gives it for every head at once). Paths through intermediate heads and MLPs
-stay linear, as in AtP; the value path stays linear too (A is held at its clean value there).
+stay linear, as in AtP; the value path stays linear too (A is held at its clean value there). When only
+the final position is patched, dr is zero elsewhere and only the final query row of A changes, so
+layer L' runs on the final token alone against the clean prefix's keys and values (``_FrozenPrefix``).
 
 **GradDrop.** A head's direct and indirect effects can cancel in the gradient. For every layer l,
 AtP is recomputed with the gradient through layer l's residual contribution (block output minus
 block input) set to zero; the estimate is sum_l |AtP_l| / (n_layers - 1) (a head's own layer gives
-zero). It is a magnitude; the sign is the undropped estimate's.
+zero). It is a magnitude; the sign is the undropped estimate's. Only the layers below l need a new
+backward pass (``dropped_grads``), half the layer work of n_layers full backward passes.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ import contextlib
 from typing import Iterator
 
 import torch
+
+from transformers.cache_utils import Cache
 
 from ..models.arch import get_module
 from ..models.hooks import HookedLM, hook_name
@@ -34,13 +39,32 @@ def pattern_hook(layer: int) -> str:
     return hook_name(layer, "attn.hook_pattern")
 
 
+class _FrozenPrefix:
+    """Stands in for the key/value cache of a call recorded on a cached prefix: returns the prefix's keys and
+    values (each row repeated ``times`` times) followed by the new ones, and stores nothing, so the recorded call
+    can be replayed on any rows."""
+
+    def __init__(self, cache: Cache, layer: int, times: int):
+        kv = cache.layers[layer]
+        self.keys, self.values, self.times = kv.keys[:, :, :-1], kv.values[:, :, :-1], times  # minus the recorded token
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, *args, **kwargs):
+        return (torch.cat([self.keys.repeat_interleave(self.times, 0), keys], 2),
+                torch.cat([self.values.repeat_interleave(self.times, 0), values], 2))
+
+
 def _attention_weights(hooked: HookedLM, calls: LayerCalls, layer: int, x: torch.Tensor, times: int) -> torch.Tensor:
     """Attention weights [rows, n_heads, q, k] of layer ``layer``'s unmodified attention module on residual ``x``."""
     block = hooked.block(layer)
     norm, attn = get_module(block, hooked.table.attn_norm), get_module(block, hooked.table.attn)
+
+    def frozen(v):
+        return _FrozenPrefix(v, layer, times) if isinstance(v, Cache) else v
+
+    args = [frozen(v) for v in repeat_rows(calls.args[layer], calls.batch, times)]
+    kwargs = {k: frozen(v) for k, v in repeat_rows(calls.kwargs[layer], calls.batch, times).items()}
     with hooked.hooks(record=[pattern_hook(layer)]) as rec:
-        attn(norm(x), *repeat_rows(calls.args[layer], calls.batch, times),
-             **repeat_rows(calls.kwargs[layer], calls.batch, times))
+        attn(norm(x), *args, **kwargs)
     return rec[pattern_hook(layer)]
 
 
@@ -92,39 +116,37 @@ def qk_correction(hooked: HookedLM, calls: LayerCalls, resid: list[torch.Tensor]
     return out
 
 
-class _Gate(torch.autograd.Function):
-    """Identity on the forward pass; on the backward pass, optionally route the gradient around a block."""
-
-    @staticmethod
-    def forward(ctx, out, inp, state, layer):
-        ctx.state, ctx.layer = state, layer
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.state.get("drop") == ctx.layer:  # skip the block: only its residual identity carries grad
-            return torch.zeros_like(grad), grad, None, None
-        return grad, None, None, None
-
-
 @contextlib.contextmanager
-def grad_drop_gates(hooked: HookedLM) -> Iterator[dict]:
-    """Gates on every block; set ``state["drop"] = l`` before a backward pass to drop layer l's contribution."""
-    state: dict = {"drop": None}
+def block_boundaries(hooked: HookedLM) -> Iterator[list]:
+    """Every decoder block's residual input and output as the autograd graph holds them: [(input, output)]."""
+    seen: list = [None] * hooked.shape.n_layers
     handles = []
 
-    def gate(layer):
+    def keep(layer):
         def hook(mod, args, kwargs, output):
-            inp = args[0] if args else kwargs["hidden_states"]
-            first = output[0] if isinstance(output, tuple) else output
-            new = _Gate.apply(first, inp, state, layer)
-            return (new, *output[1:]) if isinstance(output, tuple) else new
+            seen[layer] = (args[0] if args else kwargs["hidden_states"],
+                           output[0] if isinstance(output, tuple) else output)
         return hook
 
     try:
         for layer in range(hooked.shape.n_layers):
-            handles.append(hooked.block(layer).register_forward_hook(gate(layer), with_kwargs=True))
-        yield state
+            handles.append(hooked.block(layer).register_forward_hook(keep(layer), with_kwargs=True))
+        yield seen
     finally:
         for h in handles:
             h.remove()
+
+
+def dropped_grads(blocks: list, out_grads, leaves: list, grads) -> list[list[torch.Tensor]]:
+    """GradDrop's gradients: for every layer l, the gradient at each layer's head outputs with block l's residual
+    contribution removed from the backward pass.
+
+    Dropping block l leaves the gradient above it unchanged and passes the gradient at its output straight to
+    its input, so heads above l keep the full gradient, l's own heads get zero, and the heads below l get the
+    output gradient pushed back from l's input (a backward pass over layers 0..l-1 only).
+    """
+    out = []
+    for l in range(len(leaves)):
+        below = list(torch.autograd.grad(blocks[l][0], leaves[:l], out_grads[l], retain_graph=True)) if l else []
+        out.append(below + [torch.zeros_like(leaves[l])] + list(grads[l + 1:]))
+    return out

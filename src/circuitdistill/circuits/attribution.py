@@ -21,8 +21,10 @@ only reach the logits through the final token, so the gradient is the same as th
 
 ``qk_fix`` and ``grad_drop`` are the two fixes of AtP* (``circuits.atp_star``): the exact attention
 softmax downstream of each head instead of its linearisation, and the gradient-dropping magnitude that
-exposes cancelling paths. Both together are AtP*. The QK fix needs every position's attention pattern,
-so it always runs full passes (no shared prefix) under eager attention.
+exposes cancelling paths. Both together are AtP*. They run under eager attention (the QK fix reads the
+patterns). At the final position they use the shared prefix too: a change at the final position moves only
+the final query row of every later attention pattern (causal attention), so the QK fix replays each later
+attention module on the final token alone against the clean prefix's keys and values.
 
 The model is always put in eval mode for this (dropout would make the gradient noise).
 """
@@ -41,8 +43,8 @@ from ..tasks.metrics import final_logits, per_item
 from ..tasks.schema import TaskItem
 from ..tasks.scoring import forward_inputs
 from ..models.resume import record_layer_calls
-from .ablation import check_metric, mean_head_outputs, parse_positions, z_hook
-from .atp_star import grad_drop_gates, pattern_hook, pattern_input_grads, qk_correction
+from .ablation import check_metric, clean_prefix, mean_head_outputs, parse_positions, shared_pass, z_hook
+from .atp_star import block_boundaries, dropped_grads, pattern_hook, pattern_input_grads, qk_correction
 
 DIFFERENTIABLE = ("logprob", "logit_diff")
 
@@ -59,12 +61,15 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                          replacement: Literal["corrupted", "mean", "zero"] = "corrupted", positions=None,
                          ig_steps: int = 0, means: dict | None = None, batch_size: int = 32,
                          progress: bool = True, prefix_cache: bool = True, qk_fix: bool = False,
-                         grad_drop: bool = False, rows_per_pass: int | None = None) -> torch.Tensor:
+                         grad_drop: bool = False, rows_per_pass: int | None = None, shared: dict | None = None
+                         ) -> torch.Tensor:
     """Estimated mean change of ``metric`` when each head's output is replaced: [n_layers, n_heads].
 
     ``prefix_cache=False`` forces full forward/backward passes for final-position AtP (the reference the
     shared-prefix path is tested against). ``qk_fix`` / ``grad_drop``: AtP* (module docstring);
-    ``rows_per_pass`` bounds the rows of the QK fix's attention passes (default ``8 * batch_size``)."""
+    ``rows_per_pass`` bounds the rows of the QK fix's attention passes (default ``8 * batch_size``, or every
+    head of a layer at the final position). ``shared``: as in ``ablation.head_sweep``, whose unchanged passes
+    (corrupted head outputs, clean prefix cache, clean layer calls) this reuses or keeps."""
     check_metric(metric)
     if metric not in DIFFERENTIABLE:
         raise ValueError(f"attribution patching needs a differentiable metric ({', '.join(DIFFERENTIABLE)}); "
@@ -101,44 +106,45 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
             dev = model_device(model)
             b, p = clean["input_ids"].shape
             # replacement activations
+            batch_key = (i, len(chunk))
             if replacement == "corrupted":
-                corr = encode_items(hooked.tokenizer, chunk, corrupted=True)
                 with torch.no_grad():
-                    _, rec = hooked.run(forward_inputs(corr), record=hooks, detach=True, logits_to_keep=1)
+                    rec = shared_pass(shared, ("corrupted", *batch_key), lambda: hooked.run(
+                        forward_inputs(encode_items(hooked.tokenizer, chunk, corrupted=True)), record=hooks,
+                        detach=True, logits_to_keep=1)[1])
+                rec = dict(rec)
                 target = {h: _align(rec[h], p) for h in hooks}
             elif replacement == "mean":
                 target = {h: means[h].to(torch.float32).expand(b, p, s.n_heads, s.d_head) for h in hooks}
             else:
                 target = {h: torch.zeros(b, p, s.n_heads, s.d_head, device=dev) for h in hooks}
-            cached = prefix_cache and pos == [-1] and p > 1 and not qk_fix
+            cached = prefix_cache and pos == [-1] and p > 1
             q = 1 if cached else p  # positions each forward pass computes
             if cached:  # gradients at the final position only need the final token (module docstring)
                 pid = inputs["position_ids"]
-                with torch.no_grad():
-                    prefix = model(input_ids=inputs["input_ids"][:, :-1], attention_mask=inputs["attention_mask"][:, :-1],
-                                   position_ids=pid[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
+                prefix = shared_pass(shared, ("prefix", *batch_key), lambda: clean_prefix(model, inputs))
                 target = {h: t[:, -1:] for h, t in target.items()}
 
-            def step_inputs():
+            def step_inputs(use_cache=True):
                 if not cached:
                     return inputs
                 return {"input_ids": inputs["input_ids"][:, -1:], "attention_mask": inputs["attention_mask"],
-                        "position_ids": pid[:, -1:], "past_key_values": copy.deepcopy(prefix), "use_cache": True}
+                        "position_ids": pid[:, -1:], "past_key_values": copy.deepcopy(prefix),
+                        **({"use_cache": True} if use_cache else {})}
 
             # clean forward/backward: gradients at z (through add-zero leaves) and the clean z itself
             leaves = {h: torch.zeros(b, q, s.n_heads, s.d_head, device=dev, requires_grad=True) for h in hooks}
             ivs = [Intervention(h, "add", None, None, leaves[h]) for h in hooks]
-            gates = grad_drop_gates(hooked) if grad_drop else contextlib.nullcontext()
-            with torch.enable_grad(), gates as gate, hooked.hooks(record=hooks + patterns, interventions=ivs) as rec:
+            bounds = block_boundaries(hooked) if grad_drop else contextlib.nullcontext([])
+            with torch.enable_grad(), bounds as blocks, hooked.hooks(record=hooks + patterns, interventions=ivs) as rec:
                 out = model(**step_inputs(), logits_to_keep=1)
                 m = per_item(metric, final_logits(out.logits), clean).sum()
                 # layer 0's pattern depends on no head output: it is never downstream of a patched head
                 wrt = [leaves[h] for h in hooks] + [rec[a] for a in patterns if rec[a].requires_grad]
-                grads = torch.autograd.grad(m, wrt, retain_graph=grad_drop)
-                drop_grads = []
-                for layer in range(s.n_layers if grad_drop else 0):
-                    gate["drop"] = layer
-                    drop_grads.append(torch.autograd.grad(m, wrt[:len(hooks)], retain_graph=layer < s.n_layers - 1))
+                grads = torch.autograd.grad(m, wrt + [o for _, o in blocks], retain_graph=grad_drop)
+                grads, out_grads = grads[:len(wrt)], grads[len(wrt):]
+                drop_grads = (dropped_grads(blocks, out_grads, wrt[:len(hooks)], grads[:len(hooks)])
+                              if grad_drop else [])
             grads, pattern_grads = grads[:len(hooks)], list(grads[len(hooks):])
             if qk_fix:
                 pattern_grads = [torch.zeros_like(rec[patterns[0]])] * (len(patterns) - len(pattern_grads)) + pattern_grads
@@ -167,8 +173,11 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
             sel = sel.to(z[hooks[0]].device)
             qk = 0.0
             if qk_fix:
-                qk = _qk_term(hooked, inputs, z, {h: delta[h] * sel for h in hooks},
-                              [rec[a].detach() for a in patterns], pattern_grads, rpp)
+                resid = (record_layer_calls(hooked, step_inputs(use_cache=False)) if cached else
+                         shared_pass(shared, ("calls", *batch_key), lambda: record_layer_calls(hooked, inputs))).hidden
+                qk = _qk_term(hooked, step_inputs(use_cache=False), resid, z, {h: delta[h] * sel for h in hooks},
+                              [rec[a].detach() for a in patterns], pattern_grads,
+                              rows_per_pass or (b * s.n_heads if cached else rpp))
             for j, dg in enumerate(drop_grads):  # the QK term does not go through the dropped gradients
                 by_drop[j] += (_linear(delta, dg, sel, hooks) + qk).cpu()
             total += (_linear(delta, grads, sel, hooks) + qk).cpu()  # accumulated on the CPU in float64
@@ -187,10 +196,10 @@ def _linear(delta: dict, grads, sel: torch.Tensor, hooks: list[str]) -> torch.Te
     return torch.stack([(delta[h] * grads[l] * sel).sum(dim=(0, 1, 3)).double().cpu() for l, h in enumerate(hooks)])
 
 
-def _qk_term(hooked: HookedLM, inputs: dict, z: dict, delta: dict, patterns: list, pattern_grads, rows_per_pass: int
-             ) -> torch.Tensor:
-    """The QK fix's correction for one batch, summed over its items (``atp_star.qk_correction``)."""
-    resid = record_layer_calls(hooked, inputs).hidden
+def _qk_term(hooked: HookedLM, inputs: dict, resid: list, z: dict, delta: dict, patterns: list, pattern_grads,
+             rows_per_pass: int) -> torch.Tensor:
+    """The QK fix's correction for one batch, summed over its items (``atp_star.qk_correction``). ``inputs``: the
+    clean pass (the final token on a copy of the prefix cache, or the whole prompt); ``resid``: its layer inputs."""
     with hooked.hooks(record=[pattern_hook(0)]):  # eager attention, so the recorded masks are eager's
         attn_calls = record_layer_calls(hooked, inputs, part=hooked.table.attn)
     input_grads = pattern_input_grads(hooked, attn_calls, resid, [g.detach() for g in pattern_grads])
