@@ -155,6 +155,7 @@ def test_tiny_experiment_runs_across_families_and_tokenizers(tmp_path, monkeypat
     assert not torch.equal(as_student, cache.labels)
     for t_id, s_id in zip(cache.labels.tolist(), as_student.tolist()):
         assert s_tok.decode([s_id]) == t_tok.decode([t_id])
-    train = load_items(res["data"]["train"])
+    (train_file,) = (tmp_path / "run" / "stages").glob("data-*/train.jsonl")
+    train = load_items(train_file)
     assert all(len(t(" " + it.answer.strip(), add_special_tokens=False).input_ids) == 1
                for it in train for t in (t_tok, s_tok))
