@@ -166,13 +166,14 @@ class _Teacher:
     tok: object = None
 
 
-def _open_teacher(cfg: DistillConfig, items, tok, device, need_rows: bool) -> _Teacher:
+def _open_teacher(cfg: DistillConfig, items, tok, s_fp: str, device, need_rows: bool) -> _Teacher:
+    """``s_fp``: the student tokenizer's vocabulary fingerprint."""
     if cfg.teacher_cache:
         cache = TeacherCache(cfg.teacher_cache)
-        same_tok = cache.meta["vocab_fingerprint"] == vocab_fingerprint(tok)
+        same_tok = cache.meta["vocab_fingerprint"] == s_fp
         answers = encode_items(tok, items[:min(len(items), 64)])["answer_ids"] if same_tok else None
         cache.check_data(cfg.data, len(items), answers)
-        labels = cache.labels_for(tok, vocab_fingerprint(tok))
+        labels = cache.labels_for(tok, s_fp)
         if need_rows and cache.position != cfg.position:
             raise ValueError(f"teacher cache {cfg.teacher_cache} stored position {cache.position}; the config asks "
                              f"for position {cfg.position}")
@@ -184,7 +185,7 @@ def _open_teacher(cfg: DistillConfig, items, tok, device, need_rows: bool) -> _T
     hooked = HookedLM(teacher, t_tok)
     fp = vocab_fingerprint(t_tok)
     return _Teacher(cfg.teacher, teacher.get_output_embeddings().weight.shape[0], fp,
-                    {"n_layers": hooked.shape.n_layers, "n_heads": hooked.shape.n_heads}, fp == vocab_fingerprint(tok),
+                    {"n_layers": hooked.shape.n_layers, "n_heads": hooked.shape.n_heads}, fp == s_fp,
                     hooked=hooked, tok=t_tok)
 
 
@@ -303,10 +304,11 @@ def train(cfg: DistillConfig, resume: bool = False, progress: bool = True) -> di
         raise ValueError(f"{cfg.data} has {len(items)} items; batch_size {cfg.batch_size} needs at least that many")
     student, tok = load_model(cfg.student, device=device, dtype=cfg.dtype)
     s_hooked = HookedLM(student, tok)
-    teacher = _open_teacher(cfg, items, tok, device, need_rows)
+    s_fp = vocab_fingerprint(tok)
+    teacher = _open_teacher(cfg, items, tok, s_fp, device, need_rows)
     if cfg.method == "logit-kd":
         check_same_vocab(teacher.vocab, student.get_output_embeddings().weight.shape[0], teacher.fingerprint,
-                         vocab_fingerprint(tok), teacher.name, cfg.student)
+                         s_fp, teacher.name, cfg.student)
     pairs, deltas, params, report = _trainables(cfg, student, teacher, need_rows)
     pair_keys = [_pair_key(s, t) for s, t in pairs]
     s_layers = sorted({s[0] for s, _ in pairs})
