@@ -127,7 +127,9 @@ def test_tiny_experiment_runs_across_families_and_tokenizers(tmp_path, monkeypat
     through the answer text, and the rows train and score on the student's own ids."""
     from circuitdistill.distill.losses.kd import vocab_fingerprint
     from circuitdistill.distill.teacher_cache import TeacherCache
+    from circuitdistill.tasks.entity_tracking import object_vocab
     from circuitdistill.tasks.io import load_items
+    from circuitdistill.tasks.vocab import word_list
 
     monkeypatch.setenv("CIRCUITDISTILL_HOME", str(tmp_path / "home"))
     t_tok, s_tok = gpt2_tokenizer(), _permuted_gpt2_tokenizer(tmp_path / "stok")
@@ -157,5 +159,8 @@ def test_tiny_experiment_runs_across_families_and_tokenizers(tmp_path, monkeypat
         assert s_tok.decode([s_id]) == t_tok.decode([t_id])
     (train_file,) = (tmp_path / "run" / "stages").glob("data-*/train.jsonl")
     train = load_items(train_file)
+    kept = len(object_vocab([t_tok, s_tok]))
+    assert res["data_vocabulary"]["objects"]["kept"] == kept
+    assert f"- objects: {kept} of {len(word_list('nouns'))} shipped words" in (tmp_path / "run" / "report.md").read_text()
     assert all(len(t(" " + it.answer.strip(), add_special_tokens=False).input_ids) == 1
                for it in train for t in (t_tok, s_tok))

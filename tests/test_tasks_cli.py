@@ -28,6 +28,23 @@ def test_data_tom_and_check(tmp_path):
     assert r.exit_code == 0 and json.loads(r.output)["n"] == 24
 
 
+def test_data_reports_the_words_each_list_rejects(tmp_path):
+    """The generators drop words that are not single tokens; the manifest and the output say which and how many."""
+    from circuitdistill.tasks import tom
+    from circuitdistill.tasks.vocab import is_single_token, load_tokenizer, word_list
+
+    out = tmp_path / "tom.jsonl"
+    r = runner.invoke(app, ["data", "tom", "--n", "8", "--model", "gpt2", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    vocab = json.loads(out.with_suffix(".manifest.json").read_text())["vocabulary"]
+    tok = load_tokenizer("gpt2")
+    expected = [w for w in word_list("states") if not is_single_token(tok, w, "with")]
+    assert expected and vocab["states"]["rejected"] == expected
+    assert vocab["states"]["kept"] == len(tom.state_vocab([tok])) == vocab["states"]["shipped"] - len(expected)
+    assert set(vocab) == {"states", "containers", "names"}
+    assert f"states: {vocab['states']['kept']} of {vocab['states']['shipped']} words" in r.output
+
+
 def test_bad_inputs_give_clear_errors(tmp_path):
     r = runner.invoke(app, ["data", "entity-tracking", "--corruption", "nope", "--model", "gpt2", "--out",
                             str(tmp_path / "x.jsonl")])

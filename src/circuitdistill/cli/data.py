@@ -46,6 +46,9 @@ def _generate(cfg_kw: dict, splits: str | None, out: Path | None, out_dir: Path 
     written, manifest = write_data(cfg, result, out, out_dir, prefix)
     for k, v in written.items():
         typer.echo(f"{k}: {v['n']} items -> {v['path']}")
+    for name, v in json.loads(manifest.read_text())["vocabulary"].items():
+        typer.echo(f"{name}: {v['kept']} of {v['shipped']} words are single tokens for every tokenizer "
+                   f"({len(v['rejected'])} rejected)")
     typer.echo(f"manifest: {manifest}")
 
 

@@ -73,7 +73,11 @@ def write_report(results: dict, out: Path) -> Path:
     for split, f in (results.get("data_files") or {}).items():
         lines += [f"- {split}: `{f['path']}` (sha256 `{f['sha256'][:16]}…`): {f['n_used']} of {f['n_items']} items "
                   f"used ({f['n_dropped_multi_token']} dropped: not single tokens for both tokenizers)"]
-    lines += [""] if results.get("data_files") else []
+    for name, v in (results.get("data_vocabulary") or {}).items():
+        rejected = f": {', '.join(v['rejected'][:10])}{' …' if len(v['rejected']) > 10 else ''}" if v["rejected"] else ""
+        lines += [f"- {name}: {v['kept']} of {v['shipped']} shipped words are single tokens for both tokenizers "
+                  f"({len(v['rejected'])} rejected{rejected})"]
+    lines += [""] if results.get("data_files") or results.get("data_vocabulary") else []
     disc = results["teacher"]["circuit"]
     lines += [f"Teacher circuit: {disc['n_heads']} heads ({disc['share']:.1%} of all heads), found by "
               f"{disc.get('method', 'activation')} patching at the final position on validation items. "

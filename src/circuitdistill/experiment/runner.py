@@ -28,7 +28,7 @@ from ..models.registry import (BUILTINS, load_model, prepare, prepare_tokenizer,
                                resolve_dtype, save_model_dir)
 from ..tasks.finetune import FinetuneConfig, drop_checkpoint, finetune
 from ..tasks.io import load_items, save_items
-from ..tasks.registry import get_task
+from ..tasks.registry import get_task, rejected_words
 from ..tasks.scoring import evaluate
 from ..tasks.warmup import WARMUP_BOXES, WARMUP_LR, vocab_of, warmup_items, warmup_templates
 from ..utils import provenance, versioned, write_json_atomic
@@ -75,12 +75,16 @@ def stage_data(cfg: ExperimentConfig, models: dict, d: Path, log=print) -> dict:
             _tokenizer(models["student"] if "student" in models else models["student_base"])]
     if user_files(cfg):
         return write_user_splits(cfg, toks, d, log)
-    splits = get_task(cfg.task).real_splits(cfg.n_train, cfg.n_validation, cfg.n_test, cfg.data_seed, toks,
-                                            size=cfg.boxes)
+    task = get_task(cfg.task)
+    splits = task.real_splits(cfg.n_train, cfg.n_validation, cfg.n_test, cfg.data_seed, toks, size=cfg.boxes)
     paths = {}
     for split, items in splits.items():
         paths[split] = str(save_items(d / f"{split}.jsonl", items))
-    return paths
+    vocab = rejected_words(task, toks)
+    for name, v in vocab.items():
+        log(f"[data] {name}: {v['kept']} of {v['shipped']} shipped words are single tokens for both tokenizers "
+            f"({len(v['rejected'])} rejected)")
+    return {**paths, "vocabulary": vocab}
 
 
 def _finetune(base: str, items_train, items_val, d: Path, mode: str, task: str, steps: int, target: float,
@@ -409,6 +413,8 @@ def run_experiment(cfg: ExperimentConfig, log=print) -> dict:
     results: dict = {"config": c, "teacher": {"model": teacher, "circuit": disc}, "variants": {}}
     if "files" in data:
         results["data_files"] = data["files"]
+    if "vocabulary" in data:
+        results["data_vocabulary"] = data["vocabulary"]
     results["teacher"]["eval"] = R.run("eval-teacher", ev_key, lambda d: stage_evaluate(
         cfg, teacher, [list(h) for h in circuit.as_list()], data, d), deps=("discover",)).outputs
     if cfg.n_random_sets:

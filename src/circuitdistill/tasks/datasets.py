@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..output_dirs import prepare_output_file
 from ..utils import UserError, provenance, sha256_file, versioned, write_json_atomic
 from .io import save_items
-from .registry import TaskName, get_task
+from .registry import TaskName, get_task, rejected_words
 from .vocab import load_tokenizer
 
 
@@ -38,7 +38,8 @@ def make_data(cfg: DataConfig):
 
 def write_data(cfg: DataConfig, result, out: Path | None, out_dir: Path | None, prefix: str) -> tuple[dict, Path]:
     """Write ``result`` (``make_data``'s) to ``out`` or, for splits, ``out_dir/PREFIX_SPLIT.jsonl``, then a manifest
-    with hashes and provenance; returns ({split: {path, n, sha256}}, manifest path)."""
+    with hashes, the words each word list rejected (not single tokens for every model's tokenizer) and provenance;
+    returns ({split: {path, n, sha256}}, manifest path)."""
     written = {}
     if isinstance(result, dict):
         if out_dir is None:
@@ -59,5 +60,7 @@ def write_data(cfg: DataConfig, result, out: Path | None, out_dir: Path | None, 
         save_items(out, result)
         written["all"] = {"path": str(out), "n": len(result), "sha256": sha256_file(out)}
         manifest = out.with_suffix(".manifest.json")
-    write_json_atomic(manifest, versioned("data-manifest", {"files": written, **provenance(cfg.seed, cfg)}))
+    vocab = rejected_words(get_task(cfg.task), [load_tokenizer(m) for m in cfg.models])
+    write_json_atomic(manifest, versioned("data-manifest", {"files": written, "vocabulary": vocab,
+                                                            **provenance(cfg.seed, cfg)}))
     return written, manifest

@@ -71,6 +71,20 @@ class Task(ABC):
         """The words a warm-up must avoid so it teaches nothing about ``items``."""
         return answer_words(items)
 
+    def vocabularies(self, tokenizers: Sequence) -> dict[str, tuple[Sequence[str], Sequence[str]]]:
+        """Each word list the generator draws from: (the shipped words, those it keeps because they are single
+        tokens for every tokenizer). A task without word lists returns {}."""
+        return {}
+
+
+def rejected_words(task: Task, tokenizers: Sequence) -> dict[str, dict]:
+    """Per word list of ``task``: how many shipped words it keeps for ``tokenizers`` and which it rejects."""
+    out = {}
+    for name, (shipped, kept) in task.vocabularies(tokenizers).items():
+        keep = set(kept)
+        out[name] = {"shipped": len(shipped), "kept": len(keep), "rejected": [w for w in shipped if w not in keep]}
+    return out
+
 
 TASKS: Plugins[Task] = Plugins("task", "circuitdistill.tasks.catalog")
 register, get_task, task_names = TASKS.register, TASKS.get, TASKS.names

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import random
+import string
 from typing import Sequence
 
 from .. import entity_tracking as et
 from ..registry import Splits, Task, register
 from ..schema import TaskItem
+from ..vocab import word_list
 
 
 class EntityTracking(Task):
@@ -36,6 +38,10 @@ class EntityTracking(Task):
                                  template=template, objects=vocab, split="warmup", extra_meta={"variant": "warmup"})
         random.Random(seed).shuffle(items)
         return items, {"objects": len(vocab), "boxes": list(sizes), "template": template}
+
+    def vocabularies(self, tokenizers):
+        return {"objects": (word_list("nouns"), et.object_vocab(tokenizers)),
+                "box labels": (string.ascii_uppercase, et.label_vocab(tokenizers))}
 
 
 register(EntityTracking())

@@ -6,6 +6,7 @@ from typing import Sequence
 from .. import tom
 from ..registry import Splits, Task, register
 from ..schema import TaskItem
+from ..vocab import word_list
 
 
 class TheoryOfMind(Task):
@@ -31,6 +32,10 @@ class TheoryOfMind(Task):
         items = tom.generate(n, seed * 1000 + 500, [tokenizer], template=template, states=states, split="warmup",
                              extra_meta={"variant": "warmup"})
         return items, {"states": len(states), "template": template}
+
+    def vocabularies(self, tokenizers):
+        return {name: (word_list(name), vocab(tokenizers)) for name, vocab in
+                (("states", tom.state_vocab), ("containers", tom.container_vocab), ("names", tom.name_vocab))}
 
 
 register(TheoryOfMind())
