@@ -25,13 +25,14 @@ from distill_fixtures import make_items, save_tiny  # noqa: E402
 
 runner = CliRunner()
 LOADS_A_MODEL = ["discover", "teacher", "warmup", "models derive", "trace experiment", "compare", "evaluate", "match",
-                 "cache-teacher", "experiment"]
+                 "cache-teacher", "experiment", "study"]
 REQUIRED = {"discover": ["--model", "m", "--data", "d", "--out", "o"], "teacher": [], "warmup": [],
             "models derive": ["src", "--name", "n", "--keep", "2"], "trace experiment": [],
             "compare": ["--teacher", "t", "--student", "s", "--data", "d", "--out", "o"],
             "evaluate": ["--model", "m", "--data", "d"],
             "match": ["--teacher", "t", "--student", "s", "--circuit", "c", "--data", "d"],
-            "cache-teacher": ["--teacher", "t", "--data", "d", "--out", "o"], "experiment": ["--preset", "tiny"]}
+            "cache-teacher": ["--teacher", "t", "--data", "d", "--out", "o"], "experiment": ["--preset", "tiny"],
+            "study": ["--preset", "tiny"]}
 RETIRED = {"--num-threads", "--n-items", "--limit", "--run-dir", "--top-n", "--top-k"}
 
 
@@ -55,6 +56,13 @@ def test_a_bad_device_or_dtype_exits_2_naming_the_option_and_its_choices(command
     r = runner.invoke(app, [*command.split(), *REQUIRED[command], option, value, "--print-config"])
     assert r.exit_code == 2
     assert f"error: {option}:" in r.output and choice in r.output
+
+
+@pytest.mark.parametrize("command", ["discover", "experiment", "study"])
+def test_a_gpu_index_is_a_device(command):
+    assert _print_config(command, "--device", "cuda:1")["device"] == "cuda:1"
+    r = runner.invoke(app, [*command.split(), *REQUIRED[command], "--device", "cuda:x", "--print-config"])
+    assert r.exit_code == 2 and "error: --device:" in r.output and "'cuda:N'" in r.output
 
 
 def test_no_command_has_a_retired_option_name():

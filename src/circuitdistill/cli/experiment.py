@@ -119,6 +119,9 @@ def study_cmd(
     seeds: Optional[list[str]] = typer.Option(None, help="comma-separated seeds (default 0,1,2)"),
     methods: Optional[list[str]] = typer.Option(None, help="comma-separated rows (default: full-kd, circuit-ce, "
                                                 "circuit, circuit-procrustes, circuit-iit, circuit-random)"),
+    threads: Optional[int] = typer.Option(None, help=THREADS_HELP),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    dtype: Optional[str] = typer.Option(None, help=DTYPE_HELP),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP.format("StudyConfig")),
     config: Optional[str] = CONFIG_OPTION,
     print_config: bool = PRINT_CONFIG_OPTION,
@@ -129,7 +132,7 @@ def study_cmd(
     from ..experiment.study import StudyConfig, run_study, study_preset  # deferred: matplotlib and scipy
 
     named = dict(out=out, budgets=comma_separated(budgets), seeds=comma_separated(seeds),
-                 methods=comma_separated(methods))
+                 methods=comma_separated(methods), threads=threads, device=device, dtype=dtype)
     cfg = resolve(StudyConfig, lambda d: study_preset(preset, d.get("out")), config, named, set_)
     if print_config:
         echo_config(cfg)

@@ -4,13 +4,23 @@ One definition each, so every config offers the same choices with the same help.
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AfterValidator, AliasChoices, Field
 
-Device = Literal["auto", "cuda", "mps", "cpu"]
+DEVICE_CHOICES = ("auto", "cuda", "cuda:N", "mps", "cpu")
+
+
+def _check_device(value: str) -> str:
+    if value in ("auto", "cuda", "mps", "cpu") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise ValueError(f"choose {', '.join(repr(c) for c in DEVICE_CHOICES)} (N: a GPU index); got {value!r}")
+
+
+Device = Annotated[str, AfterValidator(_check_device)]
 DType = Literal["auto", "bf16", "fp16", "fp32"]
-DEVICE_HELP = "where the models run: auto (CUDA, else MPS, else CPU), cuda, mps or cpu"
+DEVICE_HELP = "where the models run: auto (CUDA, else MPS, else CPU), cuda, cuda:N (GPU N), mps or cpu"
 DTYPE_HELP = ("parameter dtype of the loaded models: auto (bf16 on a CUDA GPU that has it, else fp32), bf16, fp16 "
               "or fp32; losses and CKA are computed in float32 whatever it is")
 THREADS_HELP = "torch CPU threads (default: every core this process may use)"
