@@ -80,7 +80,8 @@ def _direct_drops(model_dir, items, heads, metric="candidate_accuracy"):
 def test_ablation_effects_match_a_direct_loop(world, tmp_path, baseline):
     cfg = MatchConfig(teacher=world["teacher"], student=world["student"], circuit=world["circuit"],
                       data=world["data"], out=str(tmp_path), metric="logprob", budget=3,
-                      baseline=baseline, normalise="none", per_position_means=False, batch_size=8, threads=1)
+                      baseline=baseline, normalise="none", per_position_means=False, batch_size=8, threads=1,
+                      ablation_positions="all")
     pairing = match(cfg, progress=False)
     doc = json.loads((tmp_path / "pairing.json").read_text())
     assert (tmp_path / "pairing.png").stat().st_size > 0
