@@ -1,4 +1,4 @@
-"""Ablation-sweep speed: batched per-row sweep (+ suffix forward) vs one component per forward pass.
+"""Ablation-sweep speed: batched per-row sweep (+ starting at the first ablated layer) vs one component per pass.
 
     .venv/bin/python bench/compare_sweep.py [--model smollm2-135m] [--items 8] [--components 20]
 
@@ -55,7 +55,7 @@ def main() -> None:
     times, vals = {}, {}
     for label, kw in (("one per forward", dict(batch_rows=args.items, skip_prefix=False)),
                       ("batched", dict(batch_rows=64, skip_prefix=False)),
-                      ("batched + suffix", dict(batch_rows=64, skip_prefix=True))):
+                      ("batched + skip", dict(batch_rows=64, skip_prefix=True))):
         t0 = time.perf_counter()
         vals[label] = I.metric_under_ablation(hm, batches, groups, metric="logit_diff", **kw)
         times[label] = time.perf_counter() - t0

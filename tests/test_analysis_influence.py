@@ -69,19 +69,44 @@ def test_batched_sweep_equals_direct_ablation(tok, family, ablation):
     np.testing.assert_allclose(res.influence, expected)
 
 
-def test_suffix_forward_is_exact_and_used(tok):
-    hm = HookedLM(tiny_model("llama", n_layers=3), tok)
-    batches = I.encode_batches(tok, toy_items(3), 3)
-    groups = [[]] + [[c] for c in I.all_components(hm)]
-    fast = I.metric_under_ablation(hm, batches, groups, metric="logprob", batch_rows=15)
-    slow = I.metric_under_ablation(hm, batches, groups, metric="logprob", batch_rows=15, skip_prefix=False)
+def _ragged_items(n: int):
+    items = toy_items(n)
+    items[1] = items[1].model_copy(update={"prompt": "Later that day. " + items[1].prompt})
+    return items
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_skipping_the_prefix_equals_full_passes(tok, family, ablation):
+    """Resuming each chunk at its first ablated layer gives the full-pass values, on left-padded ragged items."""
+    hm = HookedLM(tiny_model(family, n_layers=3), tok)
+    batches = I.encode_batches(tok, _ragged_items(5), 3)  # a ragged, left-padded batch, then a batch of two
+    assert not batches[0]["attention_mask"].all()
+    means = I.ablation_means(hm, batches) if ablation == "mean" else None
+    comps = I.all_components(hm)
+    groups = [[]] + [[c] for c in comps] + [[comps[1], I.Component(2)]]
+    kw = dict(metric="logprob", ablation=ablation, means=means, batch_rows=7)
+    fast = I.metric_under_ablation(hm, batches, groups, **kw)
+    slow = I.metric_under_ablation(hm, batches, groups, skip_prefix=False, **kw)
+    assert np.abs(slow[1:] - slow[0]).max() > 1e-4  # ablations change the metric: not vacuous
     np.testing.assert_allclose(fast, slow, atol=1e-5)
-    enc = batches[0]
-    with torch.no_grad(), hm.hooks(record=[hook_name(2, "hook_resid_pre")], detach=True) as rec:
-        full = hm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, -1]
-    suffix = I.suffix_final_logits(hm, rec[hook_name(2, "hook_resid_pre")], enc["attention_mask"], 2)
-    torch.testing.assert_close(suffix, full, atol=1e-5, rtol=1e-5)
-    assert len(hm.block(0).mlp._forward_hooks) == 0 and len(list(hm.model.model.layers)) == 3  # restored
+    base = I.metric_under_ablation(hm, batches, groups[-3:], base=[I.Component(1, 0)], **kw)
+    np.testing.assert_allclose(base, I.metric_under_ablation(hm, batches, groups[-3:], base=[I.Component(1, 0)],
+                                                             skip_prefix=False, **kw), atol=1e-5)
+
+
+def test_skipping_the_prefix_runs_the_first_layers_once(tok):
+    hm = HookedLM(tiny_model("llama", n_layers=3), tok)
+    batches = I.encode_batches(tok, toy_items(4), 2)
+    calls = []
+    handle = hm.block(0).register_forward_pre_hook(lambda mod, args: calls.append(1))
+    try:
+        I.metric_under_ablation(hm, batches, [[c] for c in I.all_components(hm) if c.layer == 2], metric="logprob",
+                                batch_rows=4)
+    finally:
+        handle.remove()
+    assert len(calls) == len(batches)  # the recorded clean pass only
+    assert all(len(hm.block(l).mlp._forward_hooks) == 0 for l in range(3))
 
 
 def test_base_ablation_and_groups(tok):

@@ -9,7 +9,7 @@ from scipy.stats import binomtest
 
 from circuitdistill.experiment.mechanism import interchange_agreement, patched_predictions
 from circuitdistill.experiment.side_effects import perplexity
-from circuitdistill.experiment.stages import StageRunner
+from circuitdistill.stages import StageRunner
 from circuitdistill.experiment.stats import mcnemar, wilson_ci
 from circuitdistill.models.hooks import HookedLM
 from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model

@@ -226,7 +226,7 @@ def test_fingerprint_follows_content(tmp_path):
 
 
 def test_stage_reruns_when_its_input_content_changes(tmp_path):
-    from circuitdistill.experiment.stages import StageRunner
+    from circuitdistill.stages import StageRunner
 
     data = tmp_path / "d.jsonl"
     data.write_text("one\n")

@@ -7,7 +7,9 @@ import pytest
 
 from circuitdistill.models import registry
 from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
+from circuitdistill.trace import experiment as E
 from circuitdistill.trace.experiment import TraceExperimentConfig, run_trace_experiment, split_teacher
+from circuitdistill.trace.io import read_done
 
 
 @pytest.fixture()
@@ -22,7 +24,7 @@ def tiny_home(tmp_path, monkeypatch):
     return tmp_path, ins
 
 
-def test_experiment_runs_all_stages_and_resumes(tiny_home):
+def test_experiment_runs_all_stages_and_resumes(tiny_home, monkeypatch):
     tmp, ins = tiny_home
     cfg = TraceExperimentConfig(teachers=["tiny-a", "tiny-b"], instructions=ins, n_train=10, n_test=4,
                                 out=tmp / "run", decoding={"max_new_tokens": 6, "batch_size": 4},
@@ -48,6 +50,33 @@ def test_experiment_runs_all_stages_and_resumes(tiny_home):
     res2 = run_trace_experiment(cfg)
     assert (tmp / "run" / "teachers" / "tiny-b.jsonl").read_text() == before
     assert [r["accuracy"] for r in res2["table"]] == [r["accuracy"] for r in res["table"]]
+
+    # every stage of every teacher is recorded as finished, and a rerun does none of their work again
+    stages = tmp / "run" / "stages"
+    assert sorted(p.parent.name.rsplit("-", 1)[0] for p in stages.glob("*/done.json")) == sorted(
+        [f"{s}-{t}" for s in ("student_gen", "students", "teachers") for t in ("tiny-a", "tiny-b")] + ["trace"])
+
+    def redone(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    real = {fn: getattr(E, fn) for fn in ("generate_answers", "train_student", "experiment_report", "load_teacher")}
+    for fn in real:
+        monkeypatch.setattr(E, fn, redone)
+    res3 = run_trace_experiment(cfg)
+    assert [r["accuracy"] for r in res3["table"]] == [r["accuracy"] for r in res["table"]]
+    for fn, f in real.items():
+        monkeypatch.setattr(E, fn, f)
+
+    # an interrupted generation stage continues from the rows it appended
+    path = tmp / "run" / "teachers" / "tiny-b.jsonl"
+    path.write_text("".join(before.splitlines(keepends=True)[:8]))
+    next(stages.glob("teachers-tiny-b-*")).joinpath("done.json").unlink()
+    resumed_from = []
+    gen = real["generate_answers"]
+    monkeypatch.setattr(E, "generate_answers", lambda m, t, rows, p, *a, **k: (
+        resumed_from.append(len(read_done(p))), gen(m, t, rows, p, *a, **k))[1])
+    run_trace_experiment(cfg.model_copy(update={"stages": ["teachers"]}))
+    assert resumed_from == [8] and len(read_done(path)) == 10
 
 
 def test_config_validation():

@@ -20,13 +20,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from torch import nn
-
-from ..models.arch import get_module
-from ..models.hooks import HookedLM, compute_means, hook_name, mean_ablate, zero_ablate
+from ..models.hooks import HookedLM, compute_means, hook_name, mean_ablate, on_model_device, zero_ablate
+from ..models.resume import LayerCalls, record_layer_calls, run_from_layer
 from ..tasks import metrics as task_metrics
 from ..tasks.batching import encode_items, model_inputs
-from ..tasks.scoring import final_position_logits
+from ..tasks.scoring import final_position_logits, forward_inputs
 from ..tasks.schema import TaskItem
 from ..utils import atomic_path
 
@@ -134,31 +132,26 @@ def ablation_means(hooked: HookedLM, batches: list[dict]) -> dict[str, torch.Ten
 
 
 def _interventions(hooked: HookedLM, groups: Sequence[Sequence[Component]], base: Sequence[Component],
-                   n_rep: int, ablation: str, means: dict | None) -> list:
-    """Ablate ``base`` in every row and ``groups[g]`` in the rows of replica g (rows are group-major)."""
+                   n_items: int, ablation: str, means: dict | None) -> list:
+    """Ablate ``base`` in every row and ``groups[g]`` in the rows of replica g (row r: item r // G, group r % G,
+    the order ``run_from_layer`` continues recorded rows in)."""
     s = hooked.shape
-    rows = len(groups) * n_rep
-    head_mask = torch.zeros(s.n_layers, rows, s.n_heads, dtype=torch.bool)
-    mlp_mask = torch.zeros(s.n_layers, rows, dtype=torch.bool)
-    for c in base:
-        if c.head is None:
-            mlp_mask[c.layer, :] = True
-        else:
-            head_mask[c.layer, :, c.head] = True
-    for g, group in enumerate(groups):
-        sl = slice(g * n_rep, (g + 1) * n_rep)
+    head_mask = torch.zeros(s.n_layers, len(groups), s.n_heads, dtype=torch.bool)
+    mlp_mask = torch.zeros(s.n_layers, len(groups), dtype=torch.bool)
+    for g, group in [(slice(None), base)] + list(enumerate(groups)):
         for c in group:
             if c.head is None:
-                mlp_mask[c.layer, sl] = True
+                mlp_mask[c.layer, g] = True
             else:
-                head_mask[c.layer, sl, c.head] = True
+                head_mask[c.layer, g, c.head] = True
     ivs = []
     for l in range(s.n_layers):
         for point, mask, is_head in (("attn.hook_z", head_mask[l], True), ("hook_mlp_out", mlp_mask[l], False)):
             if not mask.any():
                 continue
             name = hook_name(l, point)
-            sel = {"heads": mask} if is_head else ({} if mask.all() else {"rows": mask})
+            rows = mask.repeat(n_items, *([1] * (mask.dim() - 1)))
+            sel = {"heads": rows} if is_head else ({} if rows.all() else {"rows": rows})
             if ablation == "zero":
                 ivs.append(zero_ablate(name, **sel))
             elif ablation == "mean":
@@ -168,27 +161,6 @@ def _interventions(hooked: HookedLM, groups: Sequence[Sequence[Component]], base
             else:
                 raise ValueError(f"unknown ablation {ablation!r}; choose zero or mean")
     return ivs
-
-
-def _layer_list(hooked: HookedLM):
-    parent_path, attr = hooked.table.layers.rsplit(".", 1)
-    return get_module(hooked.model, parent_path), attr
-
-
-@torch.no_grad()
-def suffix_final_logits(hooked: HookedLM, resid_pre: torch.Tensor, attention_mask: torch.Tensor,
-                        start: int) -> torch.Tensor:
-    """Final-position logits of the unmodified HF model run from decoder layer ``start`` on, given that layer's
-    input ``resid_pre`` [b, p, d] (the layers before it are skipped: they would compute exactly this)."""
-    if start == 0 or not hooked.table.runs_layer_suffix:
-        raise ValueError("suffix forward needs start > 0 and a family whose table sets runs_layer_suffix")
-    parent, attr = _layer_list(hooked)
-    layers = getattr(parent, attr)
-    try:
-        setattr(parent, attr, nn.ModuleList(list(layers)[start:]))
-        return final_position_logits(hooked.model, {"inputs_embeds": resid_pre, "attention_mask": attention_mask})
-    finally:
-        setattr(parent, attr, layers)
 
 
 def _min_layer(group: Sequence[Component]) -> int:
@@ -203,10 +175,10 @@ def metric_under_ablation(hooked: HookedLM, batches: list[dict], groups: Sequenc
     """Per-item metric [G, N] with ``base`` ablated everywhere plus group g ablated (an empty group = base only).
 
     Forward passes hold up to ``batch_rows`` rows: a chunk of groups x the items of one batch. Groups are
-    processed in order of their first ablated layer; with ``skip_prefix`` (families with ``runs_layer_suffix``) a chunk
-    whose ablations all start at layer L >= 1 runs only layers L.. from the cached clean residual stream
-    (exact: nothing before L is changed). With ``checkpoint``, finished groups are saved after every chunk
-    and a rerun resumes from them.
+    processed in order of their first ablated layer; with ``skip_prefix`` the clean pass of each item batch
+    runs once with every decoder layer's call kept (``models.resume``), and a chunk whose ablations all start
+    at layer L runs only layers L.. (exact: nothing before L is changed). With ``checkpoint``, finished groups
+    are saved after every chunk and a rerun resumes from them.
     """
     check_metric_inputs(batches, metric)
     n_items = sum(len(b["input_ids"]) for b in batches)
@@ -221,36 +193,25 @@ def metric_under_ablation(hooked: HookedLM, batches: list[dict], groups: Sequenc
             vals_sorted[:done] = state["values"][:done]
     max_items = max(len(b["input_ids"]) for b in batches)
     per_chunk = max(1, batch_rows // max_items)
-    device = next(hooked.model.parameters()).device
-    base_start = _min_layer(base)
-    skip = skip_prefix and hooked.table.runs_layer_suffix
-    resid: list[dict[int, torch.Tensor]] = [{} for _ in batches]
-    if skip and min(base_start, max((_min_layer(g) for g in groups), default=0)) > 0:
-        names = [hook_name(l, "hook_resid_pre") for l in range(1, hooked.shape.n_layers)]
-        for i, b in enumerate(batches):
-            with hooked.hooks(record=names, detach=True) as rec:
-                hooked.model(**{k: v.to(device) for k, v in model_inputs(b).items()})
-            resid[i] = {l: rec[hook_name(l, "hook_resid_pre")] for l in range(1, hooked.shape.n_layers)}
+    calls: list[LayerCalls | None] = [None] * len(batches)
     bar = tqdm(total=len(groups), initial=done, disable=not progress,
                desc=progress if isinstance(progress, str) else "ablation sweep", unit="comp")
     for g0 in range(done, len(groups), per_chunk):
         chunk = [groups[g] for g in order[g0:g0 + per_chunk]]
-        start = min([base_start] + [_min_layer(g) for g in chunk])
-        start = start if (skip and 0 < start < hooked.shape.n_layers) else 0
+        start = min([_min_layer(base), hooked.shape.n_layers - 1] + [_min_layer(g) for g in chunk])
         col = 0
         for i, b in enumerate(batches):
-            n = len(b["input_ids"])
-            ivs = _interventions(hooked, chunk, base, n, ablation, means)
-            inputs = {k: v.repeat(len(chunk), 1).to(device) for k, v in model_inputs(b).items()}
-            rep = {k: v.repeat(len(chunk), *([1] * (v.dim() - 1))) for k, v in b.items()}
-            with hooked.hooks(interventions=ivs):
-                if start > 0:
-                    logits = suffix_final_logits(hooked, resid[i][start].repeat(len(chunk), 1, 1),
-                                                 inputs["attention_mask"], start)
+            n, k = len(b["input_ids"]), len(chunk)
+            rep = {key: v.repeat_interleave(k, 0) for key, v in b.items()}
+            if skip_prefix and calls[i] is None:
+                calls[i] = record_layer_calls(hooked, on_model_device(forward_inputs(b), hooked.model))
+            with hooked.hooks(interventions=_interventions(hooked, chunk, base, n, ablation, means)):
+                if skip_prefix:
+                    logits = run_from_layer(hooked, calls[i], start, times=k)
                 else:
-                    logits = final_position_logits(hooked.model, inputs)
+                    logits = final_position_logits(hooked.model, forward_inputs(rep))
             vals = task_metrics.per_item(metric, logits.float(), rep).double().cpu().numpy()
-            vals_sorted[g0:g0 + len(chunk), col:col + n] = vals.reshape(len(chunk), n)
+            vals_sorted[g0:g0 + k, col:col + n] = vals.reshape(n, k).T
             col += n
         bar.update(len(chunk))
         if ckpt is not None:

@@ -36,7 +36,7 @@ from .config import ExperimentConfig
 from .mechanism import interchange_agreement
 from .report import write_report
 from .side_effects import load_general_text, perplexity
-from .stages import StageRunner
+from ..stages import StageRunner
 from .stats import mcnemar
 from .user_task import data_key, read_user_files, user_files, write_user_splits
 

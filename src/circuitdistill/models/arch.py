@@ -28,7 +28,6 @@ class ArchTable:
     qkv_fused: bool = False  # GPT-2's c_attn emits q, k and v in one tensor
     weight_layout: Literal["linear", "conv1d"] = "linear"  # nn.Linear W[out,in]; HF Conv1D W[in,out]
     logit_softcap: str | None = None  # config attribute of a final tanh soft-cap on the logits, if any
-    runs_layer_suffix: bool = False  # inputs_embeds enter the first block unchanged (no position embedding added)
     notes: str = ""
 
     def qkv_widths(self, shape: Shape) -> tuple[int, int, int]:
@@ -46,20 +45,20 @@ class ArchTable:
 ARCH_TABLES: dict[str, ArchTable] = {
     "llama": ArchTable("llama", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
                        "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm",
-                       runs_layer_suffix=True, notes="q/k recorded before RoPE"),
+                       notes="q/k recorded before RoPE"),
     "mistral": ArchTable("mistral", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
                          "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm",
-                         runs_layer_suffix=True, notes="q/k recorded before RoPE"),
+                         notes="q/k recorded before RoPE"),
     "qwen2": ArchTable("qwen2", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
                        "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm",
-                       runs_layer_suffix=True, notes="q/k/v carry biases; q/k before RoPE"),
+                       notes="q/k/v carry biases; q/k before RoPE"),
     "gemma3_text": ArchTable("gemma3_text", "model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj",
                              "self_attn.k_proj", "self_attn.v_proj", "mlp", "input_layernorm", "model.norm",
-                             logit_softcap="final_logit_softcapping", runs_layer_suffix=True,
+                             logit_softcap="final_logit_softcapping",
                              notes="q/k recorded before q_norm/k_norm and RoPE"),
     "gpt2": ArchTable("gpt2", "transformer.h", "attn", "attn.c_proj", "attn.c_attn", "attn.c_attn", "attn.c_attn",
                       "mlp", "ln_1", "transformer.ln_f", qkv_fused=True, weight_layout="conv1d",
-                      notes="c_attn is fused [q|k|v]; Conv1D weights; wpe is added to inputs_embeds"),
+                      notes="c_attn is fused [q|k|v]; Conv1D weights"),
 }
 ARCH_TABLES["gemma3"] = ARCH_TABLES["gemma3_text"]
 

@@ -2,7 +2,9 @@
 students answer held-out instructions, and the tracer (PoS templates, word n-grams) plus two baselines
 (perplexity under each teacher, bag-of-words similarity) say which teacher each student text came from.
 
-Stages (each resumes; rerunning the same command skips finished work):
+Stages (each resumes; rerunning the same command skips finished work). Each stage of each teacher is a
+cached ``StageRunner`` stage (``OUT/stages/<stage>-<teacher>-<key>/done.json``); an interrupted generation
+stage continues from the rows already appended:
 
 1. ``teachers``  every teacher answers the first ``n_train`` instructions
    -> ``OUT/teachers/<teacher>.jsonl`` (appended batch by batch; done ids are skipped on resume).
@@ -31,7 +33,8 @@ from ..models import registry
 from ..models.arch import get_module, table_for
 from ..models.placement import Device, DType, device_field, dtype_field, threads_field
 from ..train_loop import TrainLoop, save_checkpoint_file
-from ..utils import provenance, seed_everything, sha256_json, versioned, write_json_atomic, write_text_atomic
+from ..stages import StageRunner
+from ..utils import provenance, seed_everything, sha256_json, versioned, write_json_atomic
 from .io import append_jsonl, compact_jsonl, read_done, read_jsonl
 from .report import experiment_report
 from .teachers import chat_prompt, load_teacher, split_teacher
@@ -273,78 +276,100 @@ def available_teachers(specs: list[str]) -> tuple[list[str], dict[str, str]]:
     return ok, missing
 
 
+def _answers(path: Path, rows: list[dict]) -> list[dict]:
+    """The answers to ``rows`` written to ``path`` so far, in row order."""
+    done = read_done(path)
+    return [done[r["id"]] for r in rows if r["id"] in done]
+
+
+def _timed(timings: dict, path: Path, label: str, fn):
+    """A stage body that adds its wall time to ``timings[label]`` (kept in ``path`` across sessions)."""
+    def body(_stage_dir: Path) -> dict:
+        t0 = time.time()
+        outputs = fn()
+        timings[label] = round(timings.get(label, 0.0) + time.time() - t0, 1)
+        write_json_atomic(path, timings)
+        return outputs
+    return body
+
+
 def run_trace_experiment(cfg: TraceExperimentConfig) -> dict:
+    """Run the selected stages; each one is cached under ``OUT/stages/`` and generation resumes row by row."""
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
-    timings_f = out / "timings.json"
-    timings: dict = json.loads(timings_f.read_text()) if timings_f.exists() else {}
-
-    def _tick(key: str, t0: float) -> None:
-        timings[key] = round(timings.get(key, 0.0) + time.time() - t0, 1)
-        write_json_atomic(timings_f, timings)
-
     teachers, missing = available_teachers(cfg.teachers)
-    if missing:
-        for s, why in missing.items():
-            tqdm.write(f"[trace] teacher {s!r} unavailable, skipped: {why}")
+    for s, why in missing.items():
+        tqdm.write(f"[trace] teacher {s!r} unavailable, skipped: {why}")
     if len(teachers) < 2:
         raise RuntimeError(f"only {len(teachers)} teacher(s) available ({teachers}); need 2. Missing: {missing}")
     train_rows, test_rows = load_instructions(cfg)
     write_json_atomic(out / "config.json", versioned("trace-experiment-config", provenance(
         cfg.seed, cfg, teachers_used=teachers, teachers_missing=missing)))
+    timings_f = out / "timings.json"
+    timings: dict = json.loads(timings_f.read_text()) if timings_f.exists() else {}
+    R = StageRunner(out, log=tqdm.write)
+
+    def stage(name: str, t: str | None, label: str, inputs: dict, fn, content: dict | None = None) -> dict:
+        full = name if t is None else f"{name}-{safe_name(t)}"
+        return R.run(full, inputs, _timed(timings, timings_f, label, fn), content=content).outputs
+
+    gen = {"decoding": cfg.decoding.model_dump(), "seed": cfg.seed, "device": cfg.device, "dtype": cfg.dtype}
+    teacher_file = {t: out / "teachers" / f"{safe_name(t)}.jsonl" for t in teachers}
+    student_file = {t: out / "students" / f"{safe_name(t)}.jsonl" for t in teachers}
 
     teacher_texts: dict[str, list[dict]] = {}
-    if "teachers" in cfg.stages or "students" in cfg.stages or "trace" in cfg.stages:
-        for t in teachers:
-            path = out / "teachers" / f"{safe_name(t)}.jsonl"
-            done = read_done(path)
-            if all(r["id"] in done for r in train_rows) or "teachers" not in cfg.stages:
-                teacher_texts[t] = [done[r["id"]] for r in train_rows if r["id"] in done]
-                continue
-            t0 = time.time()
-            model, tok, system = load_teacher(t, cfg.device, cfg.dtype)
-            teacher_texts[t] = generate_answers(model, tok, train_rows, path, cfg.decoding, cfg.seed, system=system,
-                                                source=t, desc=f"teacher {t}")
-            del model
-            _tick(f"teacher_gen:{t}", t0)
+    for t in teachers:
+        if "teachers" in cfg.stages:
+            stage("teachers", t, f"teacher_gen:{t}", {"teacher": t, "rows": sha256_json(train_rows), **gen},
+                  lambda: _generate(t, train_rows, teacher_file[t], cfg, teacher=True))
+        teacher_texts[t] = _answers(teacher_file[t], train_rows)
 
     students: dict[str, str] = {}
     student_info: dict[str, dict] = {}
     if "students" in cfg.stages or "student_gen" in cfg.stages:
         for t in teachers:
-            t0 = time.time()
-            name, info = train_student(t, teacher_texts[t], cfg, out / "students" / safe_name(t))
-            students[t], student_info[t] = name, info
-            if "students" in cfg.stages:
-                _tick(f"student_train:{t}", t0)
+            res = stage("students", t, f"student_train:{t}",
+                        {"teacher": t, "student": cfg.student.model_dump(), "seed": cfg.seed, "dtype": cfg.dtype},
+                        lambda: dict(zip(("name", "info"), train_student(t, teacher_texts[t], cfg,
+                                                                         out / "students" / safe_name(t)))),
+                        content={"answers": teacher_file[t]})
+            students[t], student_info[t] = res["name"], res["info"]
         write_json_atomic(out / "students.json", {"students": students, "info": student_info})
 
     student_texts: dict[str, list[dict]] = {}
-    if "student_gen" in cfg.stages:
-        for t in teachers:
-            path = out / "students" / f"{safe_name(t)}.jsonl"
-            t0 = time.time()
-            if len(read_done(path)) >= len(test_rows):
-                done = read_done(path)
-                student_texts[t] = [done[r["id"]] for r in test_rows]
-                continue
-            model, tok = registry.load_model(students[t], device=cfg.device, dtype=cfg.dtype)
-            student_texts[t] = generate_answers(model, tok, test_rows, path, cfg.decoding, cfg.seed + 1,
-                                                source=t, desc=f"student<-{t}")
-            del model
-            _tick(f"student_gen:{t}", t0)
+    for t in teachers:
+        if "student_gen" in cfg.stages:
+            stage("student_gen", t, f"student_gen:{t}",
+                  {"student": students[t], "rows": sha256_json(test_rows), **gen},
+                  lambda: _generate(students[t], test_rows, student_file[t], cfg, source=t))
+        student_texts[t] = _answers(student_file[t], test_rows)
 
     result: dict = {"teachers": teachers, "teachers_missing": missing, "timings_s": timings}
     if "trace" in cfg.stages:
-        if not student_texts:
-            for t in teachers:
-                done = read_done(out / "students" / f"{safe_name(t)}.jsonl")
-                student_texts[t] = [done[r["id"]] for r in test_rows if r["id"] in done]
-        t0 = time.time()
-        result.update(experiment_report(cfg, teachers, teacher_texts, student_texts, out))
-        _tick("trace", t0)
+        texts = {f"{kind}:{t}": f[t] for kind, f in (("teacher", teacher_file), ("student", student_file))
+                 for t in teachers}
+        result.update(stage("trace", None, "trace", {"teachers": teachers, "tagger": cfg.tagger, "seed": cfg.seed,
+                                                     "device": cfg.device, "dtype": cfg.dtype},
+                            lambda: experiment_report(cfg, teachers, teacher_texts, student_texts, out),
+                            content=texts))
         result["timings_s"] = timings
         write_json_atomic(out / "report.json", versioned("trace-report", {**result, "provenance": provenance(cfg.seed, cfg)}))
     return result
+
+
+def _generate(model_name: str, rows: list[dict], path: Path, cfg: TraceExperimentConfig, teacher: bool = False,
+              source: str | None = None) -> dict:
+    """One model answers ``rows`` into ``path`` (resuming row by row); a teacher spec may carry a persona."""
+    if len(_answers(path, rows)) == len(rows):  # answered in an earlier session: no model to load
+        return {"answers": path.name, "n": len(rows)}
+    if teacher:
+        model, tok, system = load_teacher(model_name, cfg.device, cfg.dtype)
+        seed, desc = cfg.seed, f"teacher {model_name}"
+    else:
+        (model, tok), system = registry.load_model(model_name, device=cfg.device, dtype=cfg.dtype), None
+        seed, desc = cfg.seed + 1, f"student<-{source}"
+    texts = generate_answers(model, tok, rows, path, cfg.decoding, seed, system=system,
+                             source=source or model_name, desc=desc)
+    return {"answers": path.name, "n": len(texts)}

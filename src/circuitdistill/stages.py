@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..preflight import input_fingerprints
-from ..utils import sha256_json, write_json_atomic
+from .preflight import input_fingerprints
+from .utils import sha256_json, write_json_atomic
 
 
 @dataclass
