@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..distill.cka import cka_all_pairs
+from ..distill.matching import assign
 from ..models.hooks import HookedLM, hook_name
 from ..tasks.batching import model_inputs
 
@@ -127,22 +128,12 @@ def match(sim: np.ndarray, method: str = "greedy") -> list[tuple[int, int]]:
     Greedy ties (within 1e-12) go to the teacher component at the closest relative position, so a model
     compared with itself matches every component to itself.
     """
-    n_s, n_t = sim.shape
-    if method == "hungarian":
-        from scipy.optimize import linear_sum_assignment
-
-        rows, cols = linear_sum_assignment(sim, maximize=True)
-        return sorted(zip(rows.tolist(), cols.tolist()))
-    if method != "greedy":
+    if method not in ("greedy", "hungarian"):
         raise ValueError(f"unknown matching {method!r}; choose greedy or hungarian")
+    n_s, n_t = sim.shape
     rel_s = (np.arange(n_s) + 0.5) / n_s
     rel_t = (np.arange(n_t) + 0.5) / n_t
-    pairs = []
-    for i in range(n_s):
-        best = sim[i].max()
-        ties = np.flatnonzero(sim[i] >= best - 1e-12)
-        pairs.append((i, int(ties[np.argmin(np.abs(rel_t[ties] - rel_s[i]))])))
-    return pairs
+    return assign(-np.asarray(sim), method == "hungarian", tie=lambda i: np.abs(rel_t - rel_s[i]))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import pkgutil
 import typer
 
 import circuitdistill.cli as _pkg
+from circuitdistill import __version__
 from circuitdistill.utils import UserError
 
 app = typer.Typer(help="Mechanism-level distillation of language models.", no_args_is_help=True, rich_markup_mode=None,
@@ -21,8 +22,6 @@ _debug = {"on": False}
 
 def _print_version(value: bool) -> None:
     if value:
-        from circuitdistill import __version__
-
         typer.echo(f"circuitdistill {__version__}")
         raise typer.Exit()
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -96,7 +97,6 @@ def pairing_warnings(pairs: list[dict], n_teacher_heads: int, dpt=None, cost=Non
     under which every assignment costs the same."""
     from collections import Counter
 
-    import numpy as np
 
     counts = Counter(tuple(p["teacher"]) for p in pairs)
     out = []
@@ -117,8 +117,6 @@ def pairing_warnings(pairs: list[dict], n_teacher_heads: int, dpt=None, cost=Non
 
 def additive_cost(cost, tol: float = 1e-9) -> bool:
     """True when cost[i, j] = a[i] + b[j] (every one-to-one assignment of the rows then costs the same)."""
-    import numpy as np
-
     if cost.shape[0] < 2 or cost.shape[1] < 2:
         return False
     resid = cost - cost.mean(1, keepdims=True) - cost.mean(0, keepdims=True) + cost.mean()
@@ -127,7 +125,6 @@ def additive_cost(cost, tol: float = 1e-9) -> bool:
 
 def normalise_effects(effects, how: str):
     """Per-model normalisation of ablation effects (positive = the ablation hurts); see the module doc."""
-    import numpy as np
     from scipy.stats import rankdata
 
     e = np.asarray(effects, dtype=float)
@@ -147,6 +144,23 @@ def _budget(cfg, n_total: int) -> int:
     return max(1, min(n, n_total))
 
 
+def assign(cost, one_to_one: bool, tie=None) -> list[tuple[int, int]]:
+    """Each row of ``cost`` [rows, cols] with a column: the cheapest one, ties within 1e-12 going to the column
+    with the smallest ``tie(row)`` value (default: the first), or, ``one_to_one``, scipy's minimum-cost assignment
+    (min(rows, cols) pairs). Returns [(row, col)] in row order."""
+    cost = np.asarray(cost, dtype=float)
+    if one_to_one:
+        from scipy.optimize import linear_sum_assignment  # deferred: scipy loads only for one-to-one matching
+
+        rows, cols = linear_sum_assignment(cost)
+        return [(int(r), int(c)) for r, c in sorted(zip(rows, cols))]
+    out = []
+    for i in range(cost.shape[0]):
+        best = np.flatnonzero(cost[i] <= cost[i].min() + 1e-12)
+        out.append((i, int(best[np.argmin(tie(i)[best])] if tie is not None else best[0])))
+    return out
+
+
 def pair_heads(dist, order_key, candidates, budget: int, assignment: str, teacher_effect=None):
     """Choose student heads and partners from a distance matrix.
 
@@ -154,22 +168,11 @@ def pair_heads(dist, order_key, candidates, budget: int, assignment: str, teache
     ``order_key(i)``: sort key for filling the budget; ``teacher_effect`` [n_teacher] breaks distance ties
     towards the larger effect (else the first column). Returns [(student_row, teacher_col)].
     """
-    import numpy as np
-
     chosen = sorted(candidates, key=order_key)[:budget]
     if not chosen:
         return []
-    if assignment == "nearest":
-        tie = np.zeros(dist.shape[1]) if teacher_effect is None else -np.asarray(teacher_effect, dtype=float)
-        out = []
-        for i in chosen:
-            best = np.flatnonzero(dist[i] <= dist[i].min() + 1e-12)
-            out.append((i, int(best[np.argmin(tie[best])])))
-        return out
-    from scipy.optimize import linear_sum_assignment
-
-    rows, cols = linear_sum_assignment(dist[chosen])
-    return sorted(((chosen[r], int(c)) for r, c in zip(rows, cols)), key=lambda rc: chosen.index(rc[0]))
+    tie = None if teacher_effect is None else (lambda _: -np.asarray(teacher_effect, dtype=float))
+    return [(chosen[r], c) for r, c in assign(np.asarray(dist)[chosen], assignment == "hungarian", tie)]
 
 
 def pairs_from_effects(e_s, e_t, cfg, budget: int):
@@ -179,8 +182,6 @@ def pairs_from_effects(e_s, e_t, cfg, budget: int):
     effects, normalised teacher effects). The student's relevant heads (raw effect above the threshold) are
     chosen first; normalisation then runs over the heads actually compared.
     """
-    import numpy as np
-
     e_s, e_t = np.asarray(e_s, dtype=float), np.asarray(e_t, dtype=float)
     candidates = [i for i in range(e_s.size) if e_s[i] > cfg.relevance_threshold]
     compared = sorted(candidates, key=lambda i: (-e_s[i], i))[:budget] if cfg.select == "relevance" else candidates
@@ -214,7 +215,6 @@ def match(cfg, progress: bool = True) -> Pairing:
     """Run the matching of ``cfg`` (a MatchConfig); writes pairing.json and pairing.png to ``cfg.out``."""
     import time
 
-    import numpy as np
 
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -309,7 +309,6 @@ def _ablation_effects(cfg, sh, th, items, t_heads, timing: dict, progress: bool)
     (as the circuit-only evaluation ablates)."""
     import time
 
-    import numpy as np
 
     pos = None if cfg.ablation_positions == "all" else "final"
     out = []
@@ -331,7 +330,6 @@ def _plot(path: Path, doc: dict, shape, s_heads, t_heads, dist, cfg) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
     ax = axes[0]
