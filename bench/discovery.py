@@ -6,7 +6,7 @@ answer, at the final position or at all positions):
   2. batched exact sweep: many heads per pass (per-row head masks) on top of the shared key/value prefix
      (final position) or resumed at each head's layer from the recorded layer inputs (all positions);
   3. attribution variants (--variants): plain AtP (with --ig-steps), "qk" (AtP with the QK fix), "gd"
-     (GradDrop) and "star" (both: AtP*), each with its Spearman correlation with the exact scores over all
+     (GradDrop), "star" (both: AtP*) and "sm" (the output softmax computed exactly), each with its Spearman correlation with the exact scores over all
      heads and over the top 30 heads (by |exact effect|);
   4. with --heldout N: faithfulness (circuit-only / full accuracy, other heads mean-ablated at
      --faithfulness-positions) on the N items after the first --max-items of the file, of the top
@@ -42,7 +42,8 @@ from circuitdistill.models.hooks import HookedLM
 from circuitdistill.utils import package_versions
 
 
-VARIANTS = {"atp": {}, "qk": {"qk_fix": True}, "gd": {"grad_drop": True}, "star": {"qk_fix": True, "grad_drop": True}}
+VARIANTS = {"atp": {}, "qk": {"qk_fix": True}, "gd": {"grad_drop": True}, "star": {"qk_fix": True, "grad_drop": True},
+            "sm": {"softmax_fix": True}}
 
 
 def top_heads(grid: torch.Tensor, k: int) -> list[tuple[int, int]]:
@@ -177,7 +178,7 @@ def main() -> None:
     print(f"{'batched exact sweep':34} {t_batched:9.1f} {1.0:10.2f} {'':8} {'':9} {'':7} {f_exact}")
     for v, r in rows.items():
         label = {"atp": f"AtP ({args.ig_steps} IG steps)" if args.ig_steps else "AtP", "qk": "AtP + QK fix",
-                 "gd": "AtP + GradDrop", "star": "AtP* (QK fix + GradDrop)"}[v]
+                 "gd": "AtP + GradDrop", "star": "AtP* (QK fix + GradDrop)", "sm": "AtP + softmax fix"}[v]
         f = f"{faith[v]:9.3f}" if faith else ""
         print(f"{label:34} {r['t']:9.1f} {r['t'] / t_batched:10.3f} {r['rho'][0]:8.3f} {r['rho'][1]:9.3f} "
               f"{r['rho'][2]:7.2f} {f:>9} {r['recall']:10.3f}")

@@ -1,15 +1,18 @@
 """AtP*: the QK fix is exact where the model is linear apart from attention softmaxes, and beats plain AtP
-under attention saturation; GradDrop averages |AtP| over layers whose gradient is dropped."""
+under attention saturation; GradDrop averages |AtP| over layers whose gradient is dropped. The softmax fix is exact
+where only the output log-softmax is nonlinear."""
 import pytest
 import torch
 
 from circuitdistill.circuits.ablation import z_hook
 from circuitdistill.circuits.attribution import attribution_patching
+from circuitdistill.circuits.output_softmax import softmax_terms
 from circuitdistill.circuits.patching import activation_patching
 from circuitdistill.circuits.toy import box_items
 from circuitdistill.models.hooks import HookedLM, Intervention
 from circuitdistill.models.tiny import gpt2_tokenizer, tiny_model
 from circuitdistill.tasks.batching import encode_items
+from circuitdistill.tasks.metrics import answer_logprob
 from circuitdistill.tasks.scoring import forward_inputs
 
 torch.set_num_threads(2)
@@ -112,3 +115,54 @@ def test_grad_drop_is_the_mean_magnitude_over_dropped_layers(tok, items):
             assert abs(abs(float(gd[0, h])) - abs(direct)) < 1e-4 * abs(direct) + 1e-7, (h, float(gd[0, h]), direct)
     with pytest.raises(ValueError, match="alternatives"):
         attribution_patching(hk, items, "logit_diff", ig_steps=2, qk_fix=True, progress=False)
+
+
+def linear_but_output_softmax(tok, candidates: list[str], scale: float = 10.0):
+    """``linear_but_softmax`` whose unembedding keeps only the rows of ``candidates`` (scaled up so they dominate) and
+    zeroes every other row. For a layer-1 head the candidates' logits are linear in its output and so is the
+    logsumexp of the rest (a constant, log(V - c)): the output log-softmax is its only nonlinearity."""
+    model = linear_but_softmax()
+    ids = sorted({tok(c, add_special_tokens=False).input_ids[0] for c in candidates})
+    with torch.no_grad():
+        w = model.lm_head.weight
+        keep = w[ids] * scale
+        w.zero_()
+        w[ids] = keep
+    return model
+
+
+@pytest.mark.parametrize("positions", ["all", "final"])
+def test_softmax_fix_is_exact_where_only_the_output_softmax_is_nonlinear_and_plain_atp_is_not(tok, items, positions):
+    union = sorted({c for it in items for c in it.candidates})  # one candidate set: the rest is the same tokens
+    shared = [it.model_copy(update={"candidates": union}) for it in items]
+    hk = HookedLM(linear_but_output_softmax(tok, union), tok)
+    exact = activation_patching(hk, shared, "logprob", positions=positions, progress=False).effect
+    plain = attribution_patching(hk, shared, "logprob", positions=positions, progress=False)
+    fixed = attribution_patching(hk, shared, "logprob", positions=positions, progress=False, softmax_fix=True)
+    scale = float(exact[1].abs().max())
+    assert scale > 0.3  # large enough for the log-softmax to bend
+    torch.testing.assert_close(fixed[1], exact[1], atol=1e-4 * scale, rtol=0)
+    assert (plain[1] - exact[1]).abs().max() > 100 * (fixed[1] - exact[1]).abs().max()
+
+
+def test_softmax_terms_give_the_full_vocabulary_log_prob(tok, items):
+    """The candidates (a repeat and padding included) and the logsumexp of the rest are the whole vocabulary."""
+    odd = [items[0].model_copy(update={"candidates": items[0].candidates + [items[0].candidates[0]]}), *items[1:]]
+    odd[1] = odd[1].model_copy(update={"candidates": [odd[1].answer]})
+    batch = encode_items(tok, odd)
+    final = torch.randn(len(odd), len(tok)) * 5
+    v, valid, answer = softmax_terms(final, batch)
+    assert valid.sum(1).tolist() == [len(set(it.candidates)) + 1 for it in odd]
+    logp = v.masked_fill(~valid, float("-inf")).log_softmax(1).gather(1, answer[:, None]).squeeze(1)
+    torch.testing.assert_close(logp, answer_logprob(final, batch), atol=1e-5, rtol=0)
+
+
+def test_softmax_fix_checks_its_inputs(tok, items):
+    hk = HookedLM(tiny_model("llama", seed=0), tok)
+    with pytest.raises(ValueError, match="metric logprob"):
+        attribution_patching(hk, items, "logit_diff", softmax_fix=True, progress=False)
+    with pytest.raises(ValueError, match="alternatives"):
+        attribution_patching(hk, items, "logprob", softmax_fix=True, qk_fix=True, progress=False)
+    bare = [items[0].model_copy(update={"candidates": None}), *items[1:]]
+    with pytest.raises(ValueError, match=r"candidates that include the answer on every item; items \[0\]"):
+        attribution_patching(hk, bare, "logprob", softmax_fix=True, progress=False)

@@ -30,7 +30,8 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.parametrize("positions,fixes", [("all", {}), ("all", {"qk_fix": True, "grad_drop": True}),
-                                             ("final", {"qk_fix": True}), ("final", {})])
+                                             ("final", {"qk_fix": True}), ("final", {}),
+                                             ("all", {"softmax_fix": True})])
 def test_verify_rescores_the_top_k_exactly_and_selects_from_exact_scores(setup, positions, fixes):
     """The re-scoring reuses the ranking's unchanged passes (corrupted outputs, prefix cache, layer calls) and still
     equals a separate exact sweep."""
@@ -58,3 +59,11 @@ def test_verify_options_are_checked(setup):
         DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", circuit_size=6, verify=5, out=d / "x")
     with pytest.raises(ValueError, match="belong to --method attribution"):
         DiscoverConfig(model="m", data=d / "items.jsonl", method="activation", verify=5, out=d / "x")
+    with pytest.raises(ValueError, match="belong to --method attribution"):
+        DiscoverConfig(model="m", data=d / "items.jsonl", method="activation", softmax_fix=True, out=d / "x")
+    with pytest.raises(ValueError, match="--softmax-fix is for --metric logprob"):
+        DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", softmax_fix=True, metric="logit_diff",
+                       out=d / "x")
+    with pytest.raises(ValueError, match="alternatives"):
+        DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", softmax_fix=True, qk_fix=True,
+                       out=d / "x")

@@ -19,6 +19,9 @@ IG step) runs the final token alone on a copy of that cache. A head's output at 
 only reach the logits through the final token, so the gradient is the same as through a full pass
 (tested), and the backward pass and each IG step cost one token instead of the whole prompt.
 
+``softmax_fix`` (``circuits.output_softmax``) computes the output log-softmax exactly instead: AtP of log p(answer)
+vanishes where the model is confident, and this is what misses the strongest heads of a fine-tuned teacher.
+
 ``qk_fix`` and ``grad_drop`` are the two fixes of AtP* (``circuits.atp_star``): the exact attention
 softmax downstream of each head instead of its linearisation, and the gradient-dropping magnitude that
 exposes cancelling paths. Both together are AtP*. They run under eager attention (the QK fix reads the
@@ -45,6 +48,7 @@ from ..tasks.scoring import forward_inputs
 from ..models.resume import record_layer_calls
 from .ablation import check_metric, clean_prefix, mean_head_outputs, parse_positions, shared_pass, z_hook
 from .atp_star import block_boundaries, dropped_grads, pattern_hook, pattern_input_grads, qk_correction
+from .output_softmax import check_candidates, exact_logprob_change, softmax_terms
 
 DIFFERENTIABLE = ("logprob", "logit_diff")
 
@@ -61,15 +65,16 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                          replacement: Literal["corrupted", "mean", "zero"] = "corrupted", positions=None,
                          ig_steps: int = 0, means: dict | None = None, batch_size: int = 32,
                          progress: bool = True, prefix_cache: bool = True, qk_fix: bool = False,
-                         grad_drop: bool = False, rows_per_pass: int | None = None, shared: dict | None = None
-                         ) -> torch.Tensor:
+                         grad_drop: bool = False, rows_per_pass: int | None = None, shared: dict | None = None,
+                         softmax_fix: bool = False) -> torch.Tensor:
     """Estimated mean change of ``metric`` when each head's output is replaced: [n_layers, n_heads].
 
     ``prefix_cache=False`` forces full forward/backward passes for final-position AtP (the reference the
     shared-prefix path is tested against). ``qk_fix`` / ``grad_drop``: AtP* (module docstring);
     ``rows_per_pass`` bounds the rows of the QK fix's attention passes (default ``8 * batch_size``, or every
     head of a layer at the final position). ``shared``: as in ``ablation.head_sweep``, whose unchanged passes
-    (corrupted head outputs, clean prefix cache, clean layer calls) this reuses or keeps."""
+    (corrupted head outputs, clean prefix cache, clean layer calls) this reuses or keeps. ``softmax_fix``: the
+    output log-softmax computed exactly (``circuits.output_softmax``; metric logprob, items with candidates)."""
     check_metric(metric)
     if metric not in DIFFERENTIABLE:
         raise ValueError(f"attribution patching needs a differentiable metric ({', '.join(DIFFERENTIABLE)}); "
@@ -82,6 +87,13 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
         raise ValueError("integrated gradients and the AtP* fixes (qk_fix, grad_drop) are alternatives; pick one")
     if not items:
         raise ValueError("attribution_patching needs at least one item")
+    if softmax_fix:
+        if metric != "logprob":
+            raise ValueError(f"the softmax fix is for metric logprob (got {metric!r}: it has no output softmax)")
+        if ig_steps or qk_fix or grad_drop:
+            raise ValueError("the softmax fix, integrated gradients and the AtP* fixes (qk_fix, grad_drop) are "
+                             "alternatives; pick one")
+        check_candidates(items)
     model = hooked.model
     was_training = model.training
     model.eval()
@@ -138,13 +150,19 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
             bounds = block_boundaries(hooked) if grad_drop else contextlib.nullcontext([])
             with torch.enable_grad(), bounds as blocks, hooked.hooks(record=hooks + patterns, interventions=ivs) as rec:
                 out = model(**step_inputs(), logits_to_keep=1)
-                m = per_item(metric, final_logits(out.logits), clean).sum()
-                # layer 0's pattern depends on no head output: it is never downstream of a patched head
-                wrt = [leaves[h] for h in hooks] + [rec[a] for a in patterns if rec[a].requires_grad]
-                grads = torch.autograd.grad(m, wrt + [o for _, o in blocks], retain_graph=grad_drop)
-                grads, out_grads = grads[:len(wrt)], grads[len(wrt):]
-                drop_grads = (dropped_grads(blocks, out_grads, wrt[:len(hooks)], grads[:len(hooks)])
-                              if grad_drop else [])
+                if softmax_fix:  # one backward pass per entry of v (candidate logits, the rest's logsumexp)
+                    v, valid, answer = softmax_terms(final_logits(out.logits), clean)
+                    v_grads = [torch.autograd.grad(v[:, k].sum(), [leaves[h] for h in hooks],
+                                                   retain_graph=k + 1 < v.shape[1]) for k in range(v.shape[1])]
+                    grads, drop_grads = [], []
+                else:
+                    m = per_item(metric, final_logits(out.logits), clean).sum()
+                    # layer 0's pattern depends on no head output: it is never downstream of a patched head
+                    wrt = [leaves[h] for h in hooks] + [rec[a] for a in patterns if rec[a].requires_grad]
+                    grads = torch.autograd.grad(m, wrt + [o for _, o in blocks], retain_graph=grad_drop)
+                    grads, out_grads = grads[:len(wrt)], grads[len(wrt):]
+                    drop_grads = (dropped_grads(blocks, out_grads, wrt[:len(hooks)], grads[:len(hooks)])
+                                  if grad_drop else [])
             grads, pattern_grads = grads[:len(hooks)], list(grads[len(hooks):])
             if qk_fix:
                 pattern_grads = [torch.zeros_like(rec[patterns[0]])] * (len(patterns) - len(pattern_grads)) + pattern_grads
@@ -180,7 +198,11 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                               rows_per_pass or (b * s.n_heads if cached else rpp))
             for j, dg in enumerate(drop_grads):  # the QK term does not go through the dropped gradients
                 by_drop[j] += (_linear(delta, dg, sel, hooks) + qk).cpu()
-            total += (_linear(delta, grads, sel, hooks) + qk).cpu()  # accumulated on the CPU in float64
+            if softmax_fix:
+                dv = torch.stack([_linear(delta, g, sel, hooks, by_item=True) for g in v_grads], 1)
+                total += exact_logprob_change(v, valid, answer, dv).cpu()
+            else:
+                total += (_linear(delta, grads, sel, hooks) + qk).cpu()  # accumulated on the CPU in float64
     finally:
         for prm, g in zip(model.parameters(), params_grad):
             prm.requires_grad_(g)
@@ -191,8 +213,11 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
     return (total / len(items)).float()
 
 
-def _linear(delta: dict, grads, sel: torch.Tensor, hooks: list[str]) -> torch.Tensor:
-    """AtP's first-order estimate per head, summed over the batch: [n_layers, n_heads]."""
+def _linear(delta: dict, grads, sel: torch.Tensor, hooks: list[str], by_item: bool = False) -> torch.Tensor:
+    """AtP's first-order estimate per head, summed over the batch: [n_layers, n_heads] (``by_item``: [b, n_layers,
+    n_heads] on the model's device)."""
+    if by_item:
+        return torch.stack([(delta[h] * grads[l] * sel).sum(dim=(1, 3)) for l, h in enumerate(hooks)], 1)
     return torch.stack([(delta[h] * grads[l] * sel).sum(dim=(0, 1, 3)).double().cpu() for l, h in enumerate(hooks)])
 
 

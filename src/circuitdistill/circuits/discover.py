@@ -51,6 +51,8 @@ class DiscoverConfig(BaseModel):
     ig_steps: int = Field(0, ge=0, description="attribution: integrated-gradient steps (0 = plain AtP)")
     qk_fix: bool = Field(False, description="attribution: recompute downstream attention softmaxes exactly (AtP*)")
     grad_drop: bool = Field(False, description="attribution: GradDrop magnitudes against cancelling paths (AtP*)")
+    softmax_fix: bool = Field(False, description="attribution: linearise the candidates' logits and apply the "
+                              "output log-softmax exactly (metric logprob; items need candidates)")
     verify: Optional[int] = Field(None, ge=1, description="attribution: re-score the top K heads by exact "
                                   "patching and choose the circuit among them")
     random_sets: int = Field(0, ge=0, description="also report circuit-only faithfulness with N random head sets")
@@ -70,10 +72,11 @@ class DiscoverConfig(BaseModel):
             raise ValueError(f"--method {m.name} needs a differentiable --metric: {_one_of(DIFFERENTIABLE)}")
         if self.ablation is not None and self.ablation not in m.ablations:
             raise ValueError(f"--method {m.name} supports --ablation {_one_of(m.ablations)}")
-        flags = {"verify": self.verify, "qk_fix": self.qk_fix, "grad_drop": self.grad_drop}
+        flags = {"verify": self.verify, "qk_fix": self.qk_fix, "grad_drop": self.grad_drop,
+                 "softmax_fix": self.softmax_fix}
         if any(v and f not in m.flags for f, v in flags.items()):
             owners = [n for n in method_names() if get_method(n).flags & set(flags)]
-            raise ValueError(f"--verify, --qk-fix and --grad-drop belong to --method {_one_of(owners)}")
+            raise ValueError(f"--verify, --qk-fix, --grad-drop and --softmax-fix belong to --method {_one_of(owners)}")
         m.check(self)
         return self
 

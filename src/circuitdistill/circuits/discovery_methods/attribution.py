@@ -1,6 +1,6 @@
-"""Attribution patching (AtP, optionally AtP*'s fixes or integrated gradients; circuits/attribution.py): a linear
-estimate of every head's effect from one forward/backward pass, normalised like an exact score; with --verify the
-top K are re-scored exactly and the rest left unmeasured (NaN)."""
+"""Attribution patching (AtP, optionally AtP*'s fixes, the softmax fix or integrated gradients;
+circuits/attribution.py): a linear estimate of every head's effect from one forward/backward pass, normalised like an
+exact score; with --verify the top K are re-scored exactly and the rest left unmeasured (NaN)."""
 from __future__ import annotations
 
 import torch
@@ -13,13 +13,18 @@ from ..patching import relative_scores
 
 class AttributionPatching(DiscoveryMethod):
     name = "attribution"
-    flags = frozenset({"verify", "qk_fix", "grad_drop"})
+    flags = frozenset({"verify", "qk_fix", "grad_drop", "softmax_fix"})
     needs_gradients = True
     ablations = ("corrupted", "mean", "zero")
 
     def check(self, cfg) -> None:
         if cfg.ig_steps and (cfg.qk_fix or cfg.grad_drop):
             raise ValueError("--ig-steps and the AtP* fixes (--qk-fix, --grad-drop) are alternatives; pick one")
+        if cfg.softmax_fix and (cfg.ig_steps or cfg.qk_fix or cfg.grad_drop):
+            raise ValueError("--softmax-fix, --ig-steps and the AtP* fixes (--qk-fix, --grad-drop) are alternatives; "
+                             "pick one")
+        if cfg.softmax_fix and cfg.metric != "logprob":
+            raise ValueError(f"--softmax-fix is for --metric logprob (got {cfg.metric}: it has no output softmax)")
         if cfg.verify is not None and cfg.circuit_size is not None and cfg.circuit_size > cfg.verify:
             raise ValueError(f"--circuit-size {cfg.circuit_size} is more than the {cfg.verify} heads --verify re-scores")
 
@@ -29,7 +34,7 @@ class AttributionPatching(DiscoveryMethod):
         est = attribution_patching(hooked, items, cfg.metric, replacement=ablation, positions=cfg.positions,
                                    ig_steps=cfg.ig_steps, means=means, batch_size=cfg.batch_size, progress=progress,
                                    qk_fix=cfg.qk_fix, grad_drop=cfg.grad_drop, rows_per_pass=cfg.rows_per_pass,
-                                   shared=shared)
+                                   shared=shared, softmax_fix=cfg.softmax_fix)
         clean = baseline(hooked, items, cfg.metric, cfg.batch_size)
         scores = relative_scores(est + clean, clean)
         if not cfg.verify:
