@@ -200,7 +200,7 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                 by_drop[j] += (_linear(delta, dg, sel, hooks) + qk).cpu()
             if softmax_fix:
                 dv = torch.stack([_linear(delta, g, sel, hooks, by_item=True) for g in v_grads], 1)
-                total += exact_logprob_change(v, valid, answer, dv).cpu()
+                total += exact_logprob_change(v.cpu(), valid.cpu(), answer.cpu(), dv.cpu())  # float64 on the CPU
             else:
                 total += (_linear(delta, grads, sel, hooks) + qk).cpu()  # accumulated on the CPU in float64
     finally:
