@@ -6,8 +6,9 @@ answer, at the final position or at all positions):
   2. batched exact sweep: many heads per pass (per-row head masks) on top of the shared key/value prefix
      (final position) or resumed at each head's layer from the recorded layer inputs (all positions);
   3. attribution variants (--variants): plain AtP (with --ig-steps), "qk" (AtP with the QK fix), "gd"
-     (GradDrop), "star" (both: AtP*) and "sm" (the output softmax computed exactly), each with its Spearman correlation with the exact scores over all
-     heads and over the top 30 heads (by |exact effect|);
+     (GradDrop), "star" (both: AtP*) and "sm" (the softmax fix: the output log-softmax computed exactly), each
+     with its Spearman correlation with the exact scores over all heads and over the top 30 heads (by |exact
+     effect|);
   4. with --heldout N: faithfulness (circuit-only / full accuracy, other heads mean-ablated at
      --faithfulness-positions) on the N items after the first --max-items of the file, of the top
      --circuit-size heads by exact patching, by each variant, and by --verify K (--verify-with ranks every

@@ -20,7 +20,7 @@ only reach the logits through the final token, so the gradient is the same as th
 (tested), and the backward pass and each IG step cost one token instead of the whole prompt.
 
 ``softmax_fix`` (``circuits.output_softmax``) computes the output log-softmax exactly instead: AtP of log p(answer)
-vanishes where the model is confident, and this is what misses the strongest heads of a fine-tuned teacher.
+carries the factor 1 - p(answer), which hides the heads that would flip a confident answer.
 
 ``qk_fix`` and ``grad_drop`` are the two fixes of AtP* (``circuits.atp_star``): the exact attention
 softmax downstream of each head instead of its linearisation, and the gradient-dropping magnitude that

@@ -24,7 +24,8 @@ class AttributionPatching(DiscoveryMethod):
             raise ValueError("--softmax-fix, --ig-steps and the AtP* fixes (--qk-fix, --grad-drop) are alternatives; "
                              "pick one")
         if cfg.softmax_fix and cfg.metric != "logprob":
-            raise ValueError(f"--softmax-fix is for --metric logprob (got {cfg.metric}: it has no output softmax)")
+            raise ValueError(f"--softmax-fix is for --metric logprob (got {cfg.metric}: it has no output "
+                             "softmax)")
         if cfg.verify is not None and cfg.circuit_size is not None and cfg.circuit_size > cfg.verify:
             raise ValueError(f"--circuit-size {cfg.circuit_size} is more than the {cfg.verify} heads --verify re-scores")
 
