@@ -67,3 +67,14 @@ def test_verify_options_are_checked(setup):
     with pytest.raises(ValueError, match="alternatives"):
         DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", softmax_fix=True, qk_fix=True,
                        out=d / "x")
+
+
+def test_softmax_fix_refuses_items_without_candidates_before_loading_the_model(setup, tmp_path):
+    items = setup[3]
+    bare = [items[0].model_copy(update={"candidates": None}), *items[1:]]
+    write_jsonl_atomic(tmp_path / "bare.jsonl", [it.model_dump() for it in bare])
+    cfg = DiscoverConfig(model=str(tmp_path / "no-such-model"), data=tmp_path / "bare.jsonl", method="attribution",
+                         softmax_fix=True, out=tmp_path / "out")
+    with pytest.raises(ValueError, match=r"candidates that include the answer on every item; items \[0\]"):
+        run_discover(cfg, progress=False)
+    assert not (tmp_path / "out").exists()

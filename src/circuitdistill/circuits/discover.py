@@ -16,6 +16,7 @@ from ..tasks.io import load_items
 from ..utils import UserError, provenance, sha256_file, versioned, write_json_atomic, write_text_atomic
 from .circuit import Circuit
 from .faithfulness import faithfulness_report, format_report
+from .output_softmax import check_candidates
 from .method_registry import MethodName, get_method, method_names
 from .plots import score_heatmap
 
@@ -104,6 +105,8 @@ def run_discover(cfg: DiscoverConfig, progress: bool = True):
                          f"{bad}); use --ablation mean")
     if cfg.metric == "logit_diff" and any(it.corrupted_answer is None for it in items):
         raise ValueError(f"{cfg.data}: --metric logit_diff needs corrupted_answer on every item")
+    if cfg.softmax_fix:
+        check_candidates(items)
     model, tok = registry.load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     hooked = HookedLM(model, tok)
     s = hooked.shape
