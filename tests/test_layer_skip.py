@@ -56,3 +56,36 @@ def test_layer_skipping_sweep_equals_the_naive_loop(tok, items, family, mode):
     assert naive.std() > 0
     torch.testing.assert_close(skipped, naive, atol=1e-5, rtol=0)
     torch.testing.assert_close(full, naive, atol=1e-5, rtol=0)
+
+
+def test_the_last_block_runs_its_mlp_on_the_final_position_alone(tok, items):
+    hk = HookedLM(tiny_model("llama", n_layers=3), tok)
+    inputs = forward_inputs(encode_items(tok, items))
+    rows = []
+    down = hk.block(2).mlp.down_proj  # a hook inside the MLP leaves the trim on
+    handle = down.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            full = hk.model(**inputs, logits_to_keep=1).logits[:, -1]
+            calls = record_layer_calls(hk, inputs)
+            rows.clear()
+            trimmed = run_from_layer(hk, calls, 1)
+            assert rows == [1]
+            run_from_layer(hk, calls, 1, trim_last=False)
+            assert rows[-1] == inputs["input_ids"].shape[1]
+    finally:
+        handle.remove()
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("point", ["hook_mlp_out", "hook_resid_post"])
+def test_a_recording_of_the_last_block_keeps_every_position(tok, items, point):
+    hk = HookedLM(tiny_model("gpt2", n_layers=3), tok)
+    inputs = forward_inputs(encode_items(tok, items))
+    name = f"blocks.2.{point}"
+    with torch.no_grad():
+        full = hk.run(inputs, record=[name], logits_to_keep=1)[1][name]
+        calls = record_layer_calls(hk, inputs)
+        with hk.hooks(record=[name]) as rec:
+            run_from_layer(hk, calls, 1)
+    torch.testing.assert_close(rec[name], full, atol=1e-5, rtol=0)

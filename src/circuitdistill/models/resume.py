@@ -8,6 +8,7 @@ only the unmodified HF layers L..end, the final norm and the unembedding. Hooks 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -76,19 +77,23 @@ def repeat_rows(x, batch: int, times: int):
 
 
 def run_from_layer(hooked: HookedLM, calls: LayerCalls, layer: int, times: int = 1,
-                   hidden: torch.Tensor | None = None) -> torch.Tensor:
+                   hidden: torch.Tensor | None = None, trim_last: bool = True) -> torch.Tensor:
     """Final-position logits [b * times, V] of running layers ``layer``..end on the recorded input.
 
     Row r of the output continues recorded row r // times. ``hidden`` replaces the recorded residual
     input of ``layer`` (already repeated). Run it under the attention implementation the calls were
     recorded with: the masks HF builds differ between eager and sdpa (sdpa may pass none at all).
+    ``trim_last``: the last block's MLP runs on the final position only (``final_position_mlp``).
     """
     model = hooked.model
     layers = get_module(model, hooked.table.layers)
     h = calls.hidden[layer].repeat_interleave(times, 0) if hidden is None else hidden
+    last = len(layers) - 1
     for i in range(layer, len(layers)):
-        out = layers[i](h, *repeat_rows(calls.args[i], calls.batch, times),
-                        **repeat_rows(calls.kwargs[i], calls.batch, times))
+        trim = final_position_mlp(layers[i], hooked.table.mlp) if trim_last and i == last else nullcontext()
+        with trim:
+            out = layers[i](h, *repeat_rows(calls.args[i], calls.batch, times),
+                            **repeat_rows(calls.kwargs[i], calls.batch, times))
         h = out[0] if isinstance(out, tuple) else out
     h = get_module(model, hooked.table.final_norm)(h[:, -1:])
     logits = model.get_output_embeddings()(h)
@@ -96,3 +101,40 @@ def run_from_layer(hooked: HookedLM, calls: LayerCalls, layer: int, times: int =
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap
     return logits[:, -1]
+
+
+@contextmanager
+def final_position_mlp(block: torch.nn.Module, mlp_path: str):
+    """Inside the last block, run its MLP on the final position alone and write zeros elsewhere.
+
+    Only the final position of the last block reaches the final-position logits, and an MLP acts on each position
+    by itself, so that position is exact; the block's other positions are not (its attention still reads them
+    all). That MLP is about three quarters of a block's matrix work. Nothing happens when something else hooks the
+    block's output or the MLP (a recording or an intervention there must see every position).
+    """
+    mlp = get_module(block, mlp_path)
+    if block._forward_hooks or mlp._forward_hooks or mlp._forward_pre_hooks:
+        yield
+        return
+    full_len: list[int] = []
+
+    def last_only(mod, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        full_len.append(x.shape[1])
+        x = x[:, -1:]
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+    def pad(mod, args, kwargs, output):
+        first = output[0] if isinstance(output, tuple) else output
+        full = first.new_zeros(first.shape[0], full_len.pop(), *first.shape[2:])
+        full[:, -1:] = first
+        return (full, *output[1:]) if isinstance(output, tuple) else full
+
+    handles = [mlp.register_forward_pre_hook(last_only, with_kwargs=True),
+               mlp.register_forward_hook(pad, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for hd in handles:
+            hd.remove()
+
