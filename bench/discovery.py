@@ -6,9 +6,9 @@ answer, at the final position or at all positions):
   2. batched exact sweep: many heads per pass (per-row head masks) on top of the shared key/value prefix
      (final position) or resumed at each head's layer from the recorded layer inputs (all positions);
   3. attribution variants (--variants): plain AtP (with --ig-steps), "qk" (AtP with the QK fix), "gd"
-     (GradDrop), "star" (both: AtP*) and "sm" (the softmax fix: the output log-softmax computed exactly), each
-     with its Spearman correlation with the exact scores over all heads and over the top 30 heads (by |exact
-     effect|);
+     (GradDrop), "star" (both: AtP*), "sm" (the softmax fix: the output log-softmax computed exactly), "smqk"
+     (the QK fix with the softmax fix) and "smstar" (AtP* with the softmax fix), each with its Spearman
+     correlation with the exact scores over all heads and over the top 30 heads (by |exact effect|);
   4. with --heldout N: faithfulness (circuit-only / full accuracy, other heads mean-ablated at
      --faithfulness-positions) on the N items after the first --max-items of the file, of the top
      --circuit-size heads by exact patching, by each variant, and by --verify K (--verify-with ranks every
@@ -43,8 +43,9 @@ from circuitdistill.models.hooks import HookedLM
 from circuitdistill.utils import package_versions
 
 
-VARIANTS = {"atp": {}, "qk": {"qk_fix": True}, "gd": {"grad_drop": True}, "star": {"qk_fix": True, "grad_drop": True},
-            "sm": {"softmax_fix": True}}
+STAR = {"qk_fix": True, "grad_drop": True}
+VARIANTS = {"atp": {}, "qk": {"qk_fix": True}, "gd": {"grad_drop": True}, "star": STAR, "sm": {"softmax_fix": True},
+            "smqk": {"softmax_fix": True, "qk_fix": True}, "smstar": {"softmax_fix": True, **STAR}}
 
 
 def top_heads(grid: torch.Tensor, k: int) -> list[tuple[int, int]]:
@@ -179,7 +180,8 @@ def main() -> None:
     print(f"{'batched exact sweep':34} {t_batched:9.1f} {1.0:10.2f} {'':8} {'':9} {'':7} {f_exact}")
     for v, r in rows.items():
         label = {"atp": f"AtP ({args.ig_steps} IG steps)" if args.ig_steps else "AtP", "qk": "AtP + QK fix",
-                 "gd": "AtP + GradDrop", "star": "AtP* (QK fix + GradDrop)", "sm": "AtP + softmax fix"}[v]
+                 "gd": "AtP + GradDrop", "star": "AtP* (QK fix + GradDrop)", "sm": "AtP + softmax fix",
+                 "smqk": "AtP + QK fix + softmax fix", "smstar": "AtP* + softmax fix"}[v]
         f = f"{faith[v]:9.3f}" if faith else ""
         print(f"{label:34} {r['t']:9.1f} {r['t'] / t_batched:10.3f} {r['rho'][0]:8.3f} {r['rho'][1]:9.3f} "
               f"{r['rho'][2]:7.2f} {f:>9} {r['recall']:10.3f}")

@@ -145,6 +145,48 @@ def test_softmax_fix_is_exact_where_only_the_output_softmax_is_nonlinear_and_pla
     assert (plain[1] - exact[1]).abs().max() > 100 * (fixed[1] - exact[1]).abs().max()
 
 
+@pytest.mark.parametrize("positions", ["all", "final"])
+def test_softmax_fix_with_the_qk_fix_is_exact_for_every_head_where_only_softmaxes_are_nonlinear(tok, items, positions):
+    """A layer-0 head meets two softmaxes, layer 1's attention and the output: the QK fix takes the first exactly
+    and the softmax fix the second, so together they equal exact patching for every head; either alone does not."""
+    union = sorted({c for it in items for c in it.candidates})
+    shared = [it.model_copy(update={"candidates": union}) for it in items]
+    hk = HookedLM(linear_but_output_softmax(tok, union), tok)
+    exact = activation_patching(hk, shared, "logprob", positions=positions, progress=False).effect
+    both = attribution_patching(hk, shared, "logprob", positions=positions, progress=False, softmax_fix=True,
+                                qk_fix=True)
+    qk = attribution_patching(hk, shared, "logprob", positions=positions, progress=False, qk_fix=True)
+    sm = attribution_patching(hk, shared, "logprob", positions=positions, progress=False, softmax_fix=True)
+    scale = float(exact.abs().max())
+    assert scale > 0.3 and exact[0].abs().max() > 0.05 * scale  # both layers matter and the log-softmax bends
+    err = float((both - exact).abs().max())
+    assert err < 1e-3 * scale
+    assert float((qk - exact).abs().max()) > 30 * err and float((sm[0] - exact[0]).abs().max()) > 30 * err
+
+
+def test_grad_drop_with_the_softmax_fix_drops_per_candidate_gradients(tok, items):
+    """In the 2-layer model a layer-1 head keeps its gradient when layer 0 is dropped and loses it when its own layer
+    is, so GradDrop with the softmax fix gives it the softmax fix's estimate. A layer-0 head keeps only its direct
+    path when layer 1 is dropped: its magnitude is the exact direct effect (layer 1's head outputs frozen)."""
+    union = sorted({c for it in items for c in it.candidates})
+    shared = [it.model_copy(update={"candidates": union}) for it in items]
+    hk = HookedLM(linear_but_output_softmax(tok, union), tok)
+    sm = attribution_patching(hk, shared, "logprob", positions="all", progress=False, softmax_fix=True)
+    gd = attribution_patching(hk, shared, "logprob", positions="all", progress=False, softmax_fix=True,
+                              grad_drop=True)
+    torch.testing.assert_close(gd[1], sm[1], atol=1e-6, rtol=1e-4)
+    clean, corr = encode_items(tok, shared), encode_items(tok, shared, corrupted=True)
+    with torch.no_grad():
+        z1 = hk.run(forward_inputs(clean), record=[z_hook(1)], detach=True)[1][z_hook(1)]
+        z0_corr = hk.run(forward_inputs(corr), record=[z_hook(0)], detach=True)[1][z_hook(0)]
+        base = answer_logprob(hk.model(**forward_inputs(clean), logits_to_keep=1).logits[:, -1], clean)
+        for h in range(4):
+            ivs = [Intervention(z_hook(0), "patch", [h], None, z0_corr), Intervention(z_hook(1), "patch", None, None, z1)]
+            out = hk.run(forward_inputs(clean), interventions=ivs, logits_to_keep=1)[0].logits[:, -1]
+            direct = float((answer_logprob(out, clean) - base).mean())
+            assert abs(abs(float(gd[0, h])) - abs(direct)) < 1e-4 * abs(direct) + 1e-6, (h, float(gd[0, h]), direct)
+
+
 def test_softmax_terms_give_the_full_vocabulary_log_prob(tok, items):
     """The candidates (a repeat and padding included) and the logsumexp of the rest are the whole vocabulary."""
     odd = [items[0].model_copy(update={"candidates": items[0].candidates + [items[0].candidates[0]]}), *items[1:]]
@@ -162,7 +204,7 @@ def test_softmax_fix_checks_its_inputs(tok, items):
     with pytest.raises(ValueError, match="metric logprob"):
         attribution_patching(hk, items, "logit_diff", softmax_fix=True, progress=False)
     with pytest.raises(ValueError, match="alternatives"):
-        attribution_patching(hk, items, "logprob", softmax_fix=True, qk_fix=True, progress=False)
+        attribution_patching(hk, items, "logprob", softmax_fix=True, ig_steps=2, progress=False)
     bare = [items[0].model_copy(update={"candidates": None}), *items[1:]]
     with pytest.raises(ValueError, match=r"candidates that include the answer on every item; items \[0\]"):
         attribution_patching(hk, bare, "logprob", softmax_fix=True, progress=False)

@@ -96,7 +96,8 @@ STAR = {"qk_fix": True, "grad_drop": True}
 @pytest.mark.parametrize("family,replacement,ig_steps,fixes", [
     ("llama", "corrupted", 0, {}), ("llama", "mean", 2, {}), ("gpt2", "corrupted", 2, {}), ("qwen2", "zero", 0, {}),
     ("llama", "corrupted", 0, STAR), ("gpt2", "corrupted", 0, STAR), ("qwen2", "mean", 0, {"qk_fix": True}),
-    ("llama", "corrupted", 0, {"softmax_fix": True}), ("gpt2", "mean", 0, {"softmax_fix": True})])
+    ("llama", "corrupted", 0, {"softmax_fix": True}), ("gpt2", "mean", 0, {"softmax_fix": True}),
+    ("qwen2", "corrupted", 0, {"softmax_fix": True, **STAR})])
 def test_final_position_atp_on_the_shared_prefix_equals_full_passes(tok, family, replacement, ig_steps, fixes):
     items = box_items(tok, 5, 3, seed=1)
     items[3] = items[3].model_copy(update={"prompt": "Short. " + items[3].prompt})  # left padding in the batch

@@ -65,8 +65,10 @@ def test_verify_options_are_checked(setup):
         DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", softmax_fix=True, metric="logit_diff",
                        out=d / "x")
     with pytest.raises(ValueError, match="alternatives"):
-        DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", softmax_fix=True, qk_fix=True,
+        DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", softmax_fix=True, ig_steps=2,
                        out=d / "x")
+    DiscoverConfig(model="m", data=d / "items.jsonl", method="attribution", softmax_fix=True, qk_fix=True,
+                   grad_drop=True, out=d / "x")  # the softmax fix composes with AtP*
 
 
 def test_softmax_fix_refuses_items_without_candidates_before_loading_the_model(setup, tmp_path):

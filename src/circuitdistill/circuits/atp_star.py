@@ -70,29 +70,34 @@ def _attention_weights(hooked: HookedLM, calls: LayerCalls, layer: int, x: torch
 
 def pattern_input_grads(hooked: HookedLM, calls: LayerCalls, resid: list[torch.Tensor],
                         pattern_grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per layer: d/dx <A(x), dM/dA> at the clean residual input x (the softmax path, first order)."""
+    """Per layer: d/dx <A(x), dM_e/dA> at the clean residual input x for every objective e (the softmax path, first
+    order): [objectives, b, p, d_model]. ``pattern_grads``: per layer, [objectives, b, n_heads, q, k]."""
     out = []
     for layer, (x, g) in enumerate(zip(resid, pattern_grads)):
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             a = _attention_weights(hooked, calls, layer, x, 1)
-            out.append(torch.autograd.grad((a * g).sum(), x)[0])
+            out.append(torch.stack([torch.autograd.grad((a * g[e]).sum(), x, retain_graph=e + 1 < len(g))[0]
+                                    for e in range(len(g))]))
     return out
 
 
 @torch.no_grad()
 def qk_correction(hooked: HookedLM, calls: LayerCalls, resid: list[torch.Tensor], z: dict[str, torch.Tensor],
-                  delta: dict[str, torch.Tensor], patterns: list[torch.Tensor], pattern_grads: list[torch.Tensor], input_grads: list[torch.Tensor],
-                  rows_per_pass: int) -> torch.Tensor:
-    """[n_layers, n_heads] summed over the batch: exact minus first-order softmax term (module docstring).
+                  delta: dict[str, torch.Tensor], patterns: list[torch.Tensor], pattern_grads: list[torch.Tensor],
+                  input_grads: list[torch.Tensor], rows_per_pass: int) -> torch.Tensor:
+    """[b, objectives, n_layers, n_heads], float64 on the CPU: exact minus first-order softmax term (module
+    docstring), per item and per objective.
 
     ``z`` / ``delta``: clean head outputs and their replacement change (zero outside the selected
     positions), hook -> [b, p, n_heads, d_head]; ``calls``: the attention modules' recorded calls;
-    ``resid``: every layer's clean residual input.
+    ``resid``: every layer's clean residual input; ``pattern_grads`` / ``input_grads``: per layer, each objective's
+    gradient at the attention weights and its first-order pull-back to the layer input (``pattern_input_grads``).
     """
     s = hooked.shape
     b = calls.batch
-    out = torch.zeros(s.n_layers, s.n_heads, dtype=torch.float64)
+    n_obj = pattern_grads[0].shape[0]
+    out = torch.zeros(b, n_obj, s.n_layers, s.n_heads, dtype=torch.float64)
     for src in range(s.n_layers - 1):
         name = hook_name(src, "attn.hook_z")
         zc, dz = z[name], delta[name]
@@ -109,10 +114,10 @@ def qk_correction(hooked: HookedLM, calls: LayerCalls, resid: list[torch.Tensor]
             for dst in range(src + 1, s.n_layers):
                 x = resid[dst].repeat_interleave(k, 0) + dr
                 new = _attention_weights(hooked, calls, dst, x, k)
-                exact = ((new - patterns[dst].repeat_interleave(k, 0)) * pattern_grads[dst].repeat_interleave(k, 0))
-                first = (input_grads[dst].repeat_interleave(k, 0) * dr)
-                term = exact.flatten(1).sum(1).double() - first.flatten(1).sum(1).double()
-                out[src, heads] += term.view(b, k).sum(0).cpu()
+                change = (new - patterns[dst].repeat_interleave(k, 0)).view(b, k, -1)
+                exact = torch.einsum("bkn,ebn->bek", change, pattern_grads[dst].view(n_obj, b, -1))
+                first = torch.einsum("bkn,ebn->bek", dr.view(b, k, -1), input_grads[dst].view(n_obj, b, -1))
+                out[:, :, src, heads] += (exact.double() - first.double()).cpu()
     return out
 
 

@@ -20,7 +20,9 @@ only reach the logits through the final token, so the gradient is the same as th
 (tested), and the backward pass and each IG step cost one token instead of the whole prompt.
 
 ``softmax_fix`` (``circuits.output_softmax``) computes the output log-softmax exactly instead: AtP of log p(answer)
-carries the factor 1 - p(answer), which hides the heads that would flip a confident answer.
+carries the factor 1 - p(answer), which hides the heads that would flip a confident answer. It composes with the AtP*
+fixes below: each entry of the softmax's input gets its own gradient, QK correction and GradDrop gradients, and every
+estimate goes through the exact log-softmax.
 
 ``qk_fix`` and ``grad_drop`` are the two fixes of AtP* (``circuits.atp_star``): the exact attention
 softmax downstream of each head instead of its linearisation, and the gradient-dropping magnitude that
@@ -90,9 +92,8 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
     if softmax_fix:
         if metric != "logprob":
             raise ValueError(f"the softmax fix is for metric logprob (got {metric!r}: it has no output softmax)")
-        if ig_steps or qk_fix or grad_drop:
-            raise ValueError("the softmax fix, integrated gradients and the AtP* fixes (qk_fix, grad_drop) are "
-                             "alternatives; pick one")
+        if ig_steps:
+            raise ValueError("the softmax fix and integrated gradients are alternatives; pick one")
         check_candidates(items)
     model = hooked.model
     was_training = model.training
@@ -144,32 +145,45 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                         "position_ids": pid[:, -1:], "past_key_values": copy.deepcopy(prefix),
                         **({"use_cache": True} if use_cache else {})}
 
+            sel = torch.zeros(b, p, 1, 1)
+            if pos is None:
+                sel[:] = 1
+            else:
+                for at in pos:
+                    sel[:, at % p] = 1
+            sel = sel * clean["attention_mask"].view(b, p, 1, 1).float()  # padding never counts
+            sel = sel[:, -q:].to(dev)  # the positions the passes computed (the final one alone on the shared prefix)
+
             # clean forward/backward: gradients at z (through add-zero leaves) and the clean z itself
             leaves = {h: torch.zeros(b, q, s.n_heads, s.d_head, device=dev, requires_grad=True) for h in hooks}
             ivs = [Intervention(h, "add", None, None, leaves[h]) for h in hooks]
             bounds = block_boundaries(hooked) if grad_drop else contextlib.nullcontext([])
+            lin, pattern_grads, drop_lin = [], [], []  # per objective: first-order changes [b, n_layers, n_heads]
             with torch.enable_grad(), bounds as blocks, hooked.hooks(record=hooks + patterns, interventions=ivs) as rec:
                 out = model(**step_inputs(), logits_to_keep=1)
-                if softmax_fix:  # one backward pass per entry of v (candidate logits, the rest's logsumexp)
+                z = {h: rec[h].detach() for h in hooks}
+                delta = {h: target[h] - z[h] for h in hooks}
+                if softmax_fix:  # one objective per entry of v (candidate logits, the rest's logsumexp)
                     v, valid, answer = softmax_terms(final_logits(out.logits), clean)
-                    v_grads = [torch.autograd.grad(v[:, k].sum(), [leaves[h] for h in hooks],
-                                                   retain_graph=k + 1 < v.shape[1]) for k in range(v.shape[1])]
-                    grads, drop_grads = [], []
+                    objectives = [v[:, k].sum() for k in range(v.shape[1])]
                 else:
-                    m = per_item(metric, final_logits(out.logits), clean).sum()
-                    # layer 0's pattern depends on no head output: it is never downstream of a patched head
-                    wrt = [leaves[h] for h in hooks] + [rec[a] for a in patterns if rec[a].requires_grad]
-                    grads = torch.autograd.grad(m, wrt + [o for _, o in blocks], retain_graph=grad_drop)
-                    grads, out_grads = grads[:len(wrt)], grads[len(wrt):]
-                    drop_grads = (dropped_grads(blocks, out_grads, wrt[:len(hooks)], grads[:len(hooks)])
-                                  if grad_drop else [])
-            grads, pattern_grads = grads[:len(hooks)], list(grads[len(hooks):])
-            if qk_fix:
-                pattern_grads = [torch.zeros_like(rec[patterns[0]])] * (len(patterns) - len(pattern_grads)) + pattern_grads
-            z = {h: rec[h].detach() for h in hooks}
-            delta = {h: target[h] - z[h] for h in hooks}
+                    objectives = [per_item(metric, final_logits(out.logits), clean).sum()]
+                # layer 0's pattern depends on no head output: it is never downstream of a patched head
+                wrt = [leaves[h] for h in hooks] + [rec[a] for a in patterns if rec[a].requires_grad]
+                for e, obj in enumerate(objectives):
+                    g = torch.autograd.grad(obj, wrt + [o for _, o in blocks],
+                                            retain_graph=grad_drop or e + 1 < len(objectives))
+                    g, out_g = g[:len(wrt)], g[len(wrt):]
+                    lin.append(_linear(delta, g[:len(hooks)], sel, hooks))
+                    if qk_fix:
+                        known = [x.detach() for x in g[len(hooks):]]
+                        pattern_grads.append([torch.zeros_like(rec[patterns[0]])] * (len(patterns) - len(known))
+                                             + known)
+                    if grad_drop:  # [dropped layer, b, n_layers, n_heads]
+                        drop_lin.append(torch.stack([_linear(delta, dg, sel, hooks) for dg in
+                                                     dropped_grads(blocks, out_g, wrt[:len(hooks)], g[:len(hooks)])]))
             if ig_steps:
-                grads = [torch.zeros_like(g) for g in grads]
+                grads = [torch.zeros_like(leaf) for leaf in leaves.values()]
                 for k in range(ig_steps):
                     a = (k + 0.5) / ig_steps
                     pts = {h: (z[h] + a * delta[h]).requires_grad_(True) for h in hooks}
@@ -180,29 +194,25 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                         gs = torch.autograd.grad(m, [pts[h] for h in hooks])
                     for j, g in enumerate(gs):
                         grads[j] += g / ig_steps
-            sel = torch.zeros(b, p, 1, 1)
-            if pos is None:
-                sel[:] = 1
-            else:
-                for i in pos:
-                    sel[:, i % p] = 1
-            sel = sel * clean["attention_mask"].view(b, p, 1, 1).float()  # padding never counts
-            sel = sel[:, -q:]  # the positions the passes computed (the final one alone on the shared prefix)
-            sel = sel.to(z[hooks[0]].device)
-            qk = 0.0
+                lin = [_linear(delta, grads, sel, hooks)]
+            qk = 0.0  # per item and objective: [b, objectives, n_layers, n_heads]
             if qk_fix:
                 resid = (record_layer_calls(hooked, step_inputs(use_cache=False)) if cached else
                          shared_pass(shared, ("calls", *batch_key), lambda: record_layer_calls(hooked, inputs))).hidden
                 qk = _qk_term(hooked, step_inputs(use_cache=False), resid, z, {h: delta[h] * sel for h in hooks},
                               [rec[a].detach() for a in patterns], pattern_grads,
                               rows_per_pass or (b * s.n_heads if cached else rpp))
-            for j, dg in enumerate(drop_grads):  # the QK term does not go through the dropped gradients
-                by_drop[j] += (_linear(delta, dg, sel, hooks) + qk).cpu()
-            if softmax_fix:
-                dv = torch.stack([_linear(delta, g, sel, hooks, by_item=True) for g in v_grads], 1)
-                total += exact_logprob_change(v.cpu(), valid.cpu(), answer.cpu(), dv.cpu())  # float64 on the CPU
-            else:
-                total += (_linear(delta, grads, sel, hooks) + qk).cpu()  # accumulated on the CPU in float64
+
+            def change(dv: torch.Tensor) -> torch.Tensor:
+                """Summed over the batch: the metric's change from the objectives' changes dv [b, objectives, ...]."""
+                dv = dv + qk
+                if softmax_fix:  # the output log-softmax applied exactly, in float64 on the CPU
+                    return exact_logprob_change(v.detach().cpu(), valid.cpu(), answer.cpu(), dv)
+                return dv[:, 0].sum(0)
+
+            total += change(torch.stack(lin, 1))
+            for j in range(len(drop_lin[0]) if drop_lin else 0):  # the QK term does not go through dropped gradients
+                by_drop[j] += change(torch.stack([d[j] for d in drop_lin], 1))
     finally:
         for prm, g in zip(model.parameters(), params_grad):
             prm.requires_grad_(g)
@@ -213,20 +223,18 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
     return (total / len(items)).float()
 
 
-def _linear(delta: dict, grads, sel: torch.Tensor, hooks: list[str], by_item: bool = False) -> torch.Tensor:
-    """AtP's first-order estimate per head, summed over the batch: [n_layers, n_heads] (``by_item``: [b, n_layers,
-    n_heads] on the model's device)."""
-    if by_item:
-        return torch.stack([(delta[h] * grads[l] * sel).sum(dim=(1, 3)) for l, h in enumerate(hooks)], 1)
-    return torch.stack([(delta[h] * grads[l] * sel).sum(dim=(0, 1, 3)).double().cpu() for l, h in enumerate(hooks)])
+def _linear(delta: dict, grads, sel: torch.Tensor, hooks: list[str]) -> torch.Tensor:
+    """AtP's first-order estimate per item and head: [b, n_layers, n_heads], float64 on the CPU."""
+    return torch.stack([(delta[h] * grads[l] * sel).sum(dim=(1, 3)) for l, h in enumerate(hooks)], 1).double().cpu()
 
 
 def _qk_term(hooked: HookedLM, inputs: dict, resid: list, z: dict, delta: dict, patterns: list, pattern_grads,
              rows_per_pass: int) -> torch.Tensor:
-    """The QK fix's correction for one batch, summed over its items (``atp_star.qk_correction``). ``inputs``: the
-    clean pass (the final token on a copy of the prefix cache, or the whole prompt); ``resid``: its layer inputs."""
+    """The QK fix's correction for one batch per item and objective (``atp_star.qk_correction``). ``inputs``: the
+    clean pass (the final token on a copy of the prefix cache, or the whole prompt); ``resid``: its layer inputs;
+    ``pattern_grads``: per objective, every layer's gradient at the attention weights."""
+    per_layer = [torch.stack(g) for g in zip(*pattern_grads)]  # [objectives, b, n_heads, q, k] per layer
     with hooked.hooks(record=[pattern_hook(0)]):  # eager attention, so the recorded masks are eager's
         attn_calls = record_layer_calls(hooked, inputs, part=hooked.table.attn)
-    input_grads = pattern_input_grads(hooked, attn_calls, resid, [g.detach() for g in pattern_grads])
-    return qk_correction(hooked, attn_calls, resid, z, delta, patterns, [g.detach() for g in pattern_grads],
-                         input_grads, rows_per_pass)
+    input_grads = pattern_input_grads(hooked, attn_calls, resid, per_layer)
+    return qk_correction(hooked, attn_calls, resid, z, delta, patterns, per_layer, input_grads, rows_per_pass)

@@ -20,9 +20,8 @@ class AttributionPatching(DiscoveryMethod):
     def check(self, cfg) -> None:
         if cfg.ig_steps and (cfg.qk_fix or cfg.grad_drop):
             raise ValueError("--ig-steps and the AtP* fixes (--qk-fix, --grad-drop) are alternatives; pick one")
-        if cfg.softmax_fix and (cfg.ig_steps or cfg.qk_fix or cfg.grad_drop):
-            raise ValueError("--softmax-fix, --ig-steps and the AtP* fixes (--qk-fix, --grad-drop) are alternatives; "
-                             "pick one")
+        if cfg.softmax_fix and cfg.ig_steps:
+            raise ValueError("--softmax-fix and --ig-steps are alternatives; pick one")
         if cfg.softmax_fix and cfg.metric != "logprob":
             raise ValueError(f"--softmax-fix is for --metric logprob (got {cfg.metric}: it has no output "
                              "softmax)")
