@@ -89,3 +89,18 @@ def test_a_recording_of_the_last_block_keeps_every_position(tok, items, point):
         with hk.hooks(record=[name]) as rec:
             run_from_layer(hk, calls, 1)
     torch.testing.assert_close(rec[name], full, atol=1e-5, rtol=0)
+
+
+def test_on_a_cpu_default_layer_skipping_passes_stay_within_the_token_budget(tok, items, monkeypatch):
+    hk = HookedLM(tiny_model("llama", n_layers=3), tok)
+    p = encode_items(tok, items[:3])["input_ids"].shape[1]
+    monkeypatch.setattr(A, "CPU_TOKENS_PER_PASS", 2 * 3 * p)  # two heads of three items
+    rows = []
+    handle = hk.block(2).register_forward_pre_hook(lambda mod, args: rows.append(args[0].shape[0]))
+    try:
+        kw = dict(metric="logprob", mode="zero", batch_size=3, positions="all", progress=False)
+        default = A.head_sweep(hk, items[:3], **kw)
+    finally:
+        handle.remove()
+    assert max(rows) == 6 and len(rows) == 1 + 3 * 2  # the recorded pass, then 2 passes per layer of 4 heads
+    torch.testing.assert_close(default, A.head_sweep(hk, items[:3], rows_per_pass=12, **kw), atol=1e-5, rtol=0)

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.arch import check_head
-from ..models.hooks import HookedLM, Intervention, compute_means, hook_name, on_model_device
+from ..models.hooks import HookedLM, Intervention, compute_means, hook_name, model_device, on_model_device
 from ..models.resume import record_layer_calls, run_from_layer
 from ..tasks.batching import batches, encode_items, model_inputs
 from ..tasks.metrics import METRICS, per_item
@@ -157,7 +157,7 @@ def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accur
     """Mean metric over ``items`` with each single head replaced; [n_layers, n_heads] (NaN where not swept).
 
     ``batch_size`` items are encoded together; ``rows_per_pass`` bounds the rows of one forward pass
-    (default: ``8 * batch_size``; ``batch_size`` for full passes). ``prefix_cache=False`` forces full
+    (default: ``default_rows_per_pass``). ``prefix_cache=False`` forces full
     forward passes for final-position sweeps; ``layer_skip=False`` runs every layer for the others.
     With ``return_per_item`` it also returns the per-item values [n_items, n_layers, n_heads].
     ``shared``: unchanged passes (corrupted head outputs, the clean prefix cache, the clean layer calls)
@@ -180,17 +180,18 @@ def head_sweep(hooked: HookedLM, items: Sequence[TaskItem], metric: str = "accur
         means = mean_head_outputs(hooked, items, batch_size)
     use_cache = prefix_cache and pos == [-1]
     skip = layer_skip and not use_cache
-    rpp = rows_per_pass or (8 * batch_size if use_cache or skip else batch_size)
     gen = torch.Generator().manual_seed(seed)
     per_item_vals = torch.full((len(items), s.n_layers, s.n_heads), float("nan"))
     chunks = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
-    n_passes = sum(len(_head_groups(head_list, max(1, rpp // len(c)), skip)) for c in chunks)
+    runs = [encode_items(tok, [items[i] for i in idx], corrupted=run_corrupted) for idx in chunks]
+    rpps = [rows_per_pass or default_rows_per_pass(batch_size, r["input_ids"].shape[1], use_cache, skip,
+                                                   model_device(model)) for r in runs]
+    n_passes = sum(len(_head_groups(head_list, max(1, rpp // len(c)), skip)) for c, rpp in zip(chunks, rpps))
     bar = tqdm(total=n_passes, desc=f"head sweep ({mode}, {metric})", disable=not progress, leave=False)
     with torch.no_grad():
-        for idx in chunks:
+        for idx, run, rpp in zip(chunks, runs, rpps):
             chunk = [items[i] for i in idx]
             n = len(chunk)
-            run = encode_items(tok, chunk, corrupted=run_corrupted)
             batch_key = (idx[0], n)
             if mode == "corrupted":
                 src = shared_pass(shared, ("corrupted", *batch_key),
@@ -252,6 +253,28 @@ def clean_prefix(model, inputs: dict):
     """The key/value cache of the prompt minus its last token (``inputs``: ``forward_inputs`` of a batch)."""
     return model(**on_model_device({k: inputs[k][:, :-1] for k in ("input_ids", "attention_mask", "position_ids")},
                                    model), use_cache=True, logits_to_keep=1).past_key_values
+
+
+CPU_TOKENS_PER_PASS = 2048
+
+
+def default_rows_per_pass(batch_size: int, n_tokens: int, one_token_rows: bool, layer_skip: bool,
+                          device: torch.device) -> int:
+    """Rows of one sweep pass when the caller gives none.
+
+    One-token rows on the shared prefix are cheap: 8 item batches' worth. Full passes without layer skipping run one
+    head per pass. Layer-skipping passes on an accelerator take 8 heads' rows; on a CPU they hold at most
+    ``CPU_TOKENS_PER_PASS`` tokens (at least one head's rows): there a pass of one item batch already keeps the
+    matrix units busy, so bigger passes save no arithmetic, while their activations outgrow what the C allocator
+    keeps for reuse, and every pass then maps and faults in fresh pages.
+    """
+    if one_token_rows:
+        return 8 * batch_size
+    if not layer_skip:
+        return batch_size
+    if device.type == "cpu":
+        return max(batch_size, CPU_TOKENS_PER_PASS // max(1, n_tokens))
+    return 8 * batch_size
 
 
 def _head_groups(heads: list[Head], k: int, by_layer: bool) -> list[list[Head]]:
