@@ -19,7 +19,9 @@ answer, at the final position or at all positions):
 plus the largest |batched - naive| difference on the heads the naive loop ran.
 
 The naive loop is slow on 2 CPU cores; by default it runs on --naive-heads evenly spaced heads and its
-full-sweep time is extrapolated linearly (printed as such). --naive-heads 0 runs it on every head.
+full-sweep time is extrapolated linearly (printed as such). --naive-heads 0 runs it on every head. With --repeat N
+the exact sweep and the naive loop are timed N times, alternated, and each one's minimum counts (the machine's
+speed drifts between runs; the minimum is the least disturbed).
 
     nice -n 10 .venv/bin/python bench/discovery.py --model smollm2-135m-et-teacher \
         --data runs/tasks/et7_validation.jsonl --max-items 32 --positions all --heldout 64
@@ -88,6 +90,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--rows-per-pass", type=int, default=None)
     ap.add_argument("--naive-heads", type=int, default=27, help="heads the naive loop runs (0 = all)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="time the exact sweep and the naive loop this many times, alternated; the minimum counts")
     ap.add_argument("--positions", default="final", choices=["final", "all"])
     ap.add_argument("--ig-steps", type=int, default=0, help="integrated-gradient steps of the plain AtP variant")
     ap.add_argument("--variants", default="atp,qk,star", help=f"comma separated, from {', '.join(VARIANTS)}")
@@ -125,17 +129,22 @@ def main() -> None:
           f"{len(items)} items from {args.data}; positions={args.positions}; threads={args.threads}; "
           f"{args.clock} seconds; {model.device} {model.dtype}")
 
-    exact, t_batched = timed(lambda: head_sweep(hk, items, "logprob", "corrupted", batch_size=args.batch_size,
-                                                positions=args.positions, rows_per_pass=args.rows_per_pass,
-                                                progress=False))
     if args.naive_heads and args.naive_heads < n_total:
         step = n_total / args.naive_heads
         sub = [heads[int(i * step)] for i in range(args.naive_heads)]
     else:
         sub = heads
-    naive, t_naive_run = timed(lambda: head_sweep_naive(hk, items, "logprob", "corrupted", heads=sub,
-                                                        batch_size=args.batch_size, positions=args.positions,
-                                                        progress=False))
+    t_batched_runs, t_naive_runs = [], []
+    for _ in range(args.repeat):  # alternated, so a slow spell of the machine touches both
+        exact, t = timed(lambda: head_sweep(hk, items, "logprob", "corrupted", batch_size=args.batch_size,
+                                            positions=args.positions, rows_per_pass=args.rows_per_pass,
+                                            progress=False))
+        t_batched_runs.append(t)
+        naive, t = timed(lambda: head_sweep_naive(hk, items, "logprob", "corrupted", heads=sub,
+                                                  batch_size=args.batch_size, positions=args.positions,
+                                                  progress=False))
+        t_naive_runs.append(t)
+    t_batched, t_naive_run = min(t_batched_runs), min(t_naive_runs)
     t_naive = t_naive_run * n_total / len(sub)
     diff = max(abs(float(naive[l, h]) - float(exact[l, h])) for l, h in sub)
     clean = baseline(hk, items, "logprob", args.batch_size)
@@ -171,13 +180,16 @@ def main() -> None:
             faith[name] = rep["faithfulness"]
 
     naive_label = "measured" if len(sub) == n_total else f"extrapolated from {len(sub)} heads ({t_naive_run:.1f} s)"
+    if args.repeat > 1:
+        naive_label += f"; min of {args.repeat}: " + ", ".join(f"{t * n_total / len(sub):.1f}" for t in t_naive_runs)
     print()
     n_rec = args.verify or args.circuit_size
     print(f"{'':34} {'seconds':>9} {'/ batched':>10} {'rho all':>8} {'rho top30':>9} {'sign30':>7} "
           f"{'faithful':>9} {f'recall@{n_rec}':>10}")
     print(f"{'naive loop (1 head/pass, full fwd)':34} {t_naive:9.1f} {t_naive / t_batched:10.2f}   [{naive_label}]")
     f_exact = f"{faith['exact']:9.3f}" if faith else ""
-    print(f"{'batched exact sweep':34} {t_batched:9.1f} {1.0:10.2f} {'':8} {'':9} {'':7} {f_exact}")
+    runs = f"   [min of {args.repeat}: " + ", ".join(f"{t:.1f}" for t in t_batched_runs) + "]" if args.repeat > 1 else ""
+    print(f"{'batched exact sweep':34} {t_batched:9.1f} {1.0:10.2f} {'':8} {'':9} {'':7} {f_exact}{runs}")
     for v, r in rows.items():
         label = {"atp": f"AtP ({args.ig_steps} IG steps)" if args.ig_steps else "AtP", "qk": "AtP + QK fix",
                  "gd": "AtP + GradDrop", "star": "AtP* (QK fix + GradDrop)", "sm": "AtP + softmax fix",
@@ -199,7 +211,7 @@ def main() -> None:
               + ", ".join(f"{k} {faith[k] / faith['exact']:.3f}" for k in faith if k != "exact"))
     print(f"clean mean log-prob {clean:.4f}")
     summary = {"t_naive_s": t_naive, "t_naive_measured_s": t_naive_run, "naive_heads": len(sub),
-               "t_batched_s": t_batched, "batched_over_naive": t_batched / t_naive, "max_abs_diff": diff,
+               "t_batched_s": t_batched, "t_batched_runs_s": t_batched_runs, "t_naive_measured_runs_s": t_naive_runs, "batched_over_naive": t_batched / t_naive, "max_abs_diff": diff,
                "variants": {v: {"t_s": r["t"], "spearman_all": r["rho"][0], "spearman_top30": r["rho"][1],
                                 "sign_top30": r["rho"][2], f"recall_top{args.circuit_size}_at_{n_rec}": r["recall"]}
                             for v, r in rows.items()},
