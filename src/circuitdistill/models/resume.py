@@ -108,9 +108,9 @@ def final_position_mlp(block: torch.nn.Module, mlp_path: str):
     """Inside the last block, run its MLP on the final position alone and write zeros elsewhere.
 
     Only the final position of the last block reaches the final-position logits, and an MLP acts on each position
-    by itself, so that position is exact; the block's other positions are not (its attention still reads them
-    all). That MLP is about three quarters of a block's matrix work. Nothing happens when something else hooks the
-    block's output or the MLP (a recording or an intervention there must see every position).
+    by itself, so that position is exact; the block's output at the other positions lacks the MLP's part, and
+    nothing reads it. That MLP is about three quarters of a block's matrix work. Nothing happens when something else
+    hooks the block's output or the MLP (a recording or an intervention there must see every position).
     """
     mlp = get_module(block, mlp_path)
     if block._forward_hooks or mlp._forward_hooks or mlp._forward_pre_hooks:
