@@ -188,7 +188,8 @@ def main() -> None:
           f"{'faithful':>9} {f'recall@{n_rec}':>10}")
     print(f"{'naive loop (1 head/pass, full fwd)':34} {t_naive:9.1f} {t_naive / t_batched:10.2f}   [{naive_label}]")
     f_exact = f"{faith['exact']:9.3f}" if faith else ""
-    runs = f"   [min of {args.repeat}: " + ", ".join(f"{t:.1f}" for t in t_batched_runs) + "]" if args.repeat > 1 else ""
+    runs = (f"   [min of {args.repeat}: " + ", ".join(f"{t:.1f}" for t in t_batched_runs) + "]"
+            if args.repeat > 1 else "")
     print(f"{'batched exact sweep':34} {t_batched:9.1f} {1.0:10.2f} {'':8} {'':9} {'':7} {f_exact}{runs}")
     for v, r in rows.items():
         label = {"atp": f"AtP ({args.ig_steps} IG steps)" if args.ig_steps else "AtP", "qk": "AtP + QK fix",
@@ -211,7 +212,8 @@ def main() -> None:
               + ", ".join(f"{k} {faith[k] / faith['exact']:.3f}" for k in faith if k != "exact"))
     print(f"clean mean log-prob {clean:.4f}")
     summary = {"t_naive_s": t_naive, "t_naive_measured_s": t_naive_run, "naive_heads": len(sub),
-               "t_batched_s": t_batched, "t_batched_runs_s": t_batched_runs, "t_naive_measured_runs_s": t_naive_runs, "batched_over_naive": t_batched / t_naive, "max_abs_diff": diff,
+               "t_batched_s": t_batched, "t_batched_runs_s": t_batched_runs, "t_naive_measured_runs_s": t_naive_runs,
+               "batched_over_naive": t_batched / t_naive, "max_abs_diff": diff,
                "variants": {v: {"t_s": r["t"], "spearman_all": r["rho"][0], "spearman_top30": r["rho"][1],
                                 "sign_top30": r["rho"][2], f"recall_top{args.circuit_size}_at_{n_rec}": r["recall"]}
                             for v, r in rows.items()},
