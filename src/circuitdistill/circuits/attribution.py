@@ -203,12 +203,13 @@ def attribution_patching(hooked: HookedLM, items: Sequence[TaskItem], metric: st
                               [rec[a].detach() for a in patterns], pattern_grads,
                               rows_per_pass or (b * s.n_heads if cached else rpp))
 
+            if softmax_fix:  # the output log-softmax is applied exactly, in float64 on the CPU
+                terms = (v.detach().cpu(), valid.cpu(), answer.cpu())
+
             def change(dv: torch.Tensor) -> torch.Tensor:
                 """Summed over the batch: the metric's change from the objectives' changes dv [b, objectives, ...]."""
                 dv = dv + qk
-                if softmax_fix:  # the output log-softmax applied exactly, in float64 on the CPU
-                    return exact_logprob_change(v.detach().cpu(), valid.cpu(), answer.cpu(), dv)
-                return dv[:, 0].sum(0)
+                return exact_logprob_change(*terms, dv) if softmax_fix else dv[:, 0].sum(0)
 
             total += change(torch.stack(lin, 1))
             for j in range(len(drop_lin[0]) if drop_lin else 0):  # the QK term does not go through dropped gradients
